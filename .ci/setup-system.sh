@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# System packages and services the sandbox tests need: bubblewrap, a Docker engine and the local
+# `turngym/sandbox:py` image. Idempotent, non-interactive, run as root (CI and `make test` call it).
+#
+#   sudo .ci/setup-system.sh            # install, start dockerd, build the image if missing
+#
+# Nothing here reaches beyond the Debian mirror: the engine runs without the default bridge
+# (`--bridge=none`, no iptables rules), containers use `network_mode="none"`, and the image is
+# built locally with debootstrap (there is no registry to pull from).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+IMAGE="${TURNGYM_SANDBOX_IMAGE:-turngym/sandbox:py}"
+DOCKERD_LOG="${DOCKERD_LOG:-/tmp/turngym-dockerd.log}"
+
+log() { echo "[setup-system] $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "not root: skipping system setup (bubblewrap/docker tests will skip with a reason)."
+  exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing: ${need[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}" ca-certificates
+else
+  log "bubblewrap, docker.io and debootstrap already installed"
+fi
+
+engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+if engine_up; then
+  log "docker engine already running"
+else
+  log "starting dockerd (log: $DOCKERD_LOG)"
+  nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$DOCKERD_LOG" 2>&1 &
+  for _ in $(seq 1 60); do
+    engine_up && break
+    sleep 0.5
+  done
+  if ! engine_up; then
+    log "dockerd did not come up; last lines of $DOCKERD_LOG:"
+    tail -n 20 "$DOCKERD_LOG" || true
+    log "docker tests will skip with this reason"
+    exit 0
+  fi
+  log "docker engine ready"
+fi
+
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "image $IMAGE present"
+else
+  log "building $IMAGE"
+  "$ROOT/scripts/build_sandbox_image.sh" "$IMAGE"
+fi
+log "done"

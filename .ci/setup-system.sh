@@ -28,7 +28,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"
-  apt-get update -q
+  apt-get update -q || log "apt-get update reported errors (an unreachable extra source?); trying the install anyway"
   apt-get install -y -q --no-install-recommends "${need[@]}" ca-certificates
 else
   log "bubblewrap, docker.io and debootstrap already installed"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the docker sandbox image locally (no registry needed): a Debian bookworm minbase root with
-# python3-minimal, made by debootstrap from the Debian mirror and loaded with `docker import`.
+# python3 (python3-minimal + the full standard library), made by debootstrap from the Debian mirror and loaded with `docker import`.
 #
 #   scripts/build_sandbox_image.sh [IMAGE]      # default turngym/sandbox:py; about 35-60 s, ~230 MB
 #
@@ -8,17 +8,11 @@
 set -euo pipefail
 IMAGE="${1:-turngym/sandbox:py}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
-MIRROR="${DEBIAN_MIRROR:-}"
-if [ -z "$MIRROR" ]; then
-  # Reuse the host's configured Debian mirror when there is one.
-  MIRROR="$(grep -rhoE '^(deb|URIs:) *(\[[^]]*\] *)?https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | grep -oE 'https?://[^ ]+' | grep -v security | head -n1 || true)"
-  MIRROR="${MIRROR:-http://deb.debian.org/debian}"
-fi
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WORK="$(mktemp -d /tmp/turngym-rootfs.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 echo "[build_sandbox_image] debootstrap $SUITE from $MIRROR into $WORK"
-debootstrap --variant=minbase --include=python3-minimal "$SUITE" "$WORK/root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
+debootstrap --variant=minbase --include=python3-minimal,python3 "$SUITE" "$WORK/root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
   tail -n 30 "$WORK/debootstrap.log"; exit 1; }
 # Trim what the sandbox never needs.
 rm -rf "$WORK/root/var/cache/apt/archives/"*.deb "$WORK/root/var/lib/apt/lists/"* "$WORK/root/usr/share/doc" \

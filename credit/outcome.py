@@ -1,0 +1,155 @@
+"""Outcome-only baselines (spec §3.1): GRPO, Dr.GRPO, RLOO, REINFORCE++ batch normalisation.
+
+Each maps the scalar outcome ``R[B]`` to one advantage per trajectory and broadcasts it to every policy token.
+A NaN outcome drops the trajectory from its group's statistics and gives it zero advantage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
+from turngym.credit.groups import group_norm_with_stats
+
+__all__ = [
+    "GRPOConfig",
+    "RLOOConfig",
+    "ReinforcePPConfig",
+    "grpo_advantages",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+]
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO / Dr.GRPO outcome normalisation (verl parity by default)."""
+
+    norm_adv_by_std: bool = True
+    """Divide by the group std (False = Dr.GRPO)."""
+    unbiased: bool = True
+    """Unbiased (n−1) std as in torch/verl."""
+    div_eps: float = 1e-6
+    """Added to the std in the denominator."""
+    singleton: Literal["raw", "zero"] = "raw"
+    """Group of one: "raw" (verl: mean 0, std 1) or "zero"."""
+
+
+@dataclass(frozen=True)
+class DrGRPOConfig(GRPOConfig):
+    """Dr.GRPO: GRPO without the std division."""
+
+    norm_adv_by_std: bool = False
+    """Dr.GRPO keeps the std off."""
+
+
+@dataclass(frozen=True)
+class RLOOConfig:
+    """RLOO: leave-one-out mean baseline."""
+
+    singleton: Literal["raw", "zero"] = "raw"
+    """Group of one has no baseline: "raw" keeps R, "zero" gives 0."""
+
+
+@dataclass(frozen=True)
+class ReinforcePPConfig:
+    """REINFORCE++: whiten the (optionally group-baselined) outcome over the whole batch."""
+
+    group_baseline: bool = False
+    """Subtract the group mean first (REINFORCE++-baseline)."""
+    var_eps: float = 1e-8
+    """Added to the batch variance inside the square root."""
+
+
+def grpo_advantages(outcome: Tensor, group_index: Tensor, cfg: GRPOConfig = GRPOConfig()):
+    """GRPO: ``Â_i = (R_i − mean_g R) / (std_g R + eps)`` (or without the std for Dr.GRPO).
+
+    Args:
+        outcome: ``[B]``, NaN = unavailable (excluded, advantage 0).
+        group_index: ``[B]``.
+        cfg: Knobs.
+
+    Returns:
+        ``([B] advantages, GroupNormStats)``.
+    """
+    if outcome.dim() != 1 or group_index.shape != outcome.shape:
+        raise ValueError(f"grpo_advantages expects outcome[B] and group_index[B]; got {tuple(outcome.shape)}, "
+                         f"{tuple(group_index.shape)}.")
+    return group_norm_with_stats(outcome.float(), group_index, scale=cfg.norm_adv_by_std, unbiased=cfg.unbiased,
+                                 div_eps=cfg.div_eps, singleton=cfg.singleton)
+
+
+def rloo_advantages(outcome: Tensor, group_index: Tensor, singleton: str = "raw") -> Tensor:
+    """RLOO: ``Â_i = R_i − mean_{j≠i, j∈g(i)} R_j = n/(n−1)·(R_i − mean_g R)``.
+
+    Args:
+        outcome: ``[B]``, NaN = unavailable (excluded, advantage 0).
+        group_index: ``[B]``.
+        singleton: Group of one: "raw" (R, no baseline) or "zero".
+
+    Returns:
+        ``[B]`` advantages.
+    """
+    ok = torch.isfinite(outcome)
+    x = torch.where(ok, outcome.double(), torch.zeros_like(outcome, dtype=torch.float64))
+    g = group_index.long()
+    n_groups = int(g.max()) + 1 if g.numel() else 0
+    cnt = torch.zeros(n_groups, dtype=torch.float64, device=x.device).scatter_add_(0, g, ok.double())[g]
+    tot = torch.zeros(n_groups, dtype=torch.float64, device=x.device).scatter_add_(0, g, x)[g]
+    base = (tot - x) / (cnt - 1).clamp(min=1)
+    adv = x - base
+    single = torch.full_like(x, 0.0) if singleton == "zero" else x
+    adv = torch.where(cnt <= 1, single, adv)
+    return torch.where(ok, adv, torch.zeros_like(adv)).float()
+
+
+def reinforce_pp_advantages(outcome: Tensor, group_index: Tensor, cfg: ReinforcePPConfig = ReinforcePPConfig()):
+    """REINFORCE++: ``Â = (R' − mean_batch R') / sqrt(var_u,batch R' + eps)`` with ``R' = R`` (or ``R − mean_g R``).
+
+    Returns:
+        ``[B]`` advantages (0 for NaN outcomes; exactly 0 when every valid R' is equal).
+    """
+    ok = torch.isfinite(outcome)
+    x = outcome.double()
+    if cfg.group_baseline:
+        x = group_norm_with_stats(x, group_index, scale=False, singleton="zero")[0]
+    key = torch.zeros_like(group_index)
+    return group_norm_with_stats(x, key, valid=ok, unbiased=True, var_eps=cfg.var_eps, div_eps=0.0,
+                                 singleton="zero")[0].float()
+
+
+def _outcome_output(batch: GroupBatch, adv: Tensor, stats=None, extra=None) -> CreditOutput:
+    turn_adv = adv[:, None].expand_as(batch.turn_rewards)
+    last = batch.last_turn_index.clamp(min=0)
+    tr = torch.zeros_like(batch.turn_rewards)
+    tr.scatter_(1, last[:, None], torch.nan_to_num(batch.outcome, nan=0.0)[:, None])
+    return finish(batch, turn_adv, tr, stats={"group": stats} if stats else None, extra=extra)
+
+
+@register_credit("grpo", GRPOConfig)
+def grpo(batch: GroupBatch, cfg: GRPOConfig) -> CreditOutput:
+    """GRPO outcome advantage broadcast to every policy token (spec §3.1). Token ratio."""
+    adv, st = grpo_advantages(batch.outcome, batch.group_index, cfg)
+    return _outcome_output(batch, adv, st)
+
+
+@register_credit("dr_grpo", DrGRPOConfig)
+def dr_grpo(batch: GroupBatch, cfg: DrGRPOConfig) -> CreditOutput:
+    """Dr.GRPO: GRPO without the std division (pair with the ``seq-mean-token-sum-norm`` loss)."""
+    adv, st = grpo_advantages(batch.outcome, batch.group_index, cfg)
+    return _outcome_output(batch, adv, st)
+
+
+@register_credit("rloo", RLOOConfig)
+def rloo(batch: GroupBatch, cfg: RLOOConfig) -> CreditOutput:
+    """RLOO leave-one-out baseline broadcast to every policy token."""
+    return _outcome_output(batch, rloo_advantages(batch.outcome, batch.group_index, cfg.singleton))
+
+
+@register_credit("reinforce_pp", ReinforcePPConfig)
+def reinforce_pp(batch: GroupBatch, cfg: ReinforcePPConfig) -> CreditOutput:
+    """REINFORCE++ batch-whitened outcome broadcast to every policy token."""
+    return _outcome_output(batch, reinforce_pp_advantages(batch.outcome, batch.group_index, cfg))

@@ -1,0 +1,201 @@
+"""``search/HopQA-v0``: multi-hop questions over a generated world, answered by searching its corpus.
+
+The agent sees a question such as "What is the birthplace of the founder of Zentrix?", searches with
+``<search>founder of Zentrix</search>`` (one fact per query), reads the returned documents, searches the next
+hop ("birthplace of Mira Tal"), and answers ``<answer>Varton</answer>``. The world (entities, facts, corpus)
+is fixed per env instance by ``world_seed``; each ``reset(seed=...)`` draws a question from it.
+
+Gold data for credit (in ``info["task"]``): ``gold_answer``, ``gold_calls`` (the ideal queries),
+``decisive_turns`` (the gold turns that resolve a hop, plus the answer turn), ``chain`` (the hops),
+``gold_turn_values``. Every step's info carries the ground-truth ``value`` (fraction of hops resolved, in
+order), ``value_delta`` and a GiGPO ``anchor``. `HopQAEnv.turn_value` computes the value for any history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from turngym.envs.builtin.world import World, generate_world, question_text
+from turngym.envs.core import Env, Task
+
+from turngym.errors import ConfigError
+from turngym.types import Message, ToolCall
+
+TAGS_INSTRUCTIONS = (
+    "Answer the question by searching an encyclopedia. Search for one fact at a time with "
+    "<search>query</search>, for example <search>founder of Zentrix</search>; the matching documents come back. "
+    "When you know the answer, reply with <answer>name</answer>."
+)
+HERMES_INSTRUCTIONS = (
+    "Answer the question by searching an encyclopedia with the search tool, one fact at a time "
+    '(for example the query "founder of Zentrix"). When you know the answer, reply with <answer>name</answer>.'
+)
+
+
+class HopQAEnv(Env):
+    """Multi-hop question answering with a search tool over a generated corpus.
+
+    Args:
+        hops: Number of hops per question: an int, or a sequence of ints drawn uniformly (1..4).
+        world_seed: Seed of the generated world (entities, facts, corpus).
+        corpus_size: Number of entity documents (20..800).
+        distractors: Number of distractor documents.
+        topk: Documents returned per search.
+        retriever: A search backend with ``.search(queries, topk) -> list[list[Hit]]`` (e.g. a
+            `turngym.tools.search.BM25Index` or `RetrieverClient`); overrides the local index. Its corpus
+            must contain the world's documents (`HopQAEnv.corpus`).
+        retriever_url: URL of a Search-R1 ``/retrieve`` server to use instead of the local index.
+        parser: Tool-call format: ``"tags"`` (default) or ``"hermes"``.
+        tool_timeout_s: Per-call timeout of the search tool.
+        **kwargs: Passed to `Env` (``max_action_chars``, ``max_answer_chars``, ``render_mode``).
+    """
+
+    parser_name = "tags"
+    default_expert_noise = 0.3
+
+    def __init__(
+        self,
+        *,
+        hops: int | Sequence[int] = (1, 2),
+        world_seed: int = 0,
+        corpus_size: int = 120,
+        distractors: int = 20,
+        topk: int = 3,
+        retriever: Any = None,
+        retriever_url: str | None = None,
+        parser: str = "tags",
+        tool_timeout_s: float = 10.0,
+        **kwargs: Any,
+    ):
+        self.hops = _check_hops(hops)
+        self.world_seed = int(world_seed)
+        self.topk = int(topk)
+        if self.topk < 1:
+            raise ConfigError(f"topk must be >= 1, got {topk}.")
+        self.world: World = generate_world(world_seed, corpus_size=corpus_size, distractors=distractors)
+        if retriever is not None and retriever_url is not None:
+            raise ConfigError("Pass either retriever= or retriever_url=, not both.")
+        self._owns_retriever = retriever is None
+        if retriever_url is not None:
+            from turngym.tools.search import RetrieverClient
+
+            retriever = RetrieverClient(retriever_url)
+        if retriever is None:
+            from turngym.tools.search.index import BM25Index
+
+            retriever = BM25Index.build(self.world.docs, cache=False)
+        self.retriever = retriever
+        from turngym.tools.toolset import ToolSet
+
+        tools = ToolSet([_make_search_tool(self.retriever, self.topk)], timeout_s=tool_timeout_s)
+        self.instructions = TAGS_INSTRUCTIONS if parser == "tags" else HERMES_INSTRUCTIONS
+        super().__init__(tools=tools, parser=parser, **kwargs)
+
+    def close(self) -> None:
+        """Close the tools and, when the env created it, the retriever client (idempotent)."""
+        was_closed = self._closed
+        super().close()
+        if not was_closed and self._owns_retriever and callable(getattr(self.retriever, "close", None)):
+            self.retriever.close()
+
+    @property
+    def corpus(self) -> list[dict[str, str]]:
+        """The world's documents (``{"id", "contents"}``), e.g. to serve with ``turngym serve-retriever``."""
+        return [dict(d) for d in self.world.docs]
+
+    # ------------------------------------------------------------------ task
+    def _sample_task(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Task:
+        opts = dict(options or {})
+        hop_choices = _check_hops(opts.pop("hops")) if "hops" in opts else self.hops
+        if opts:
+            raise ConfigError(f"HopQA reset options: unknown keys {sorted(opts)}; known: ['hops'].")
+        h = hop_choices[int(rng.integers(0, len(hop_choices)))]
+        chain = self.world.sample_chain(rng, h)
+        gold_calls = [{"name": "search", "arguments": {"query": hop.query}} for hop in chain]
+        meta = {
+            "id": f"hopqa/w{self.world_seed}/" + "/".join([chain[0].src] + [hp.relation for hp in chain]),
+            "hops": h,
+            "question": question_text(chain),
+            "chain": [{"relation": hp.relation, "src": hp.src, "dst": hp.dst} for hp in chain],
+            "gold_docs": [self.world.doc_of[hp.src] for hp in chain],
+            "decisive_turns": list(range(h + 1)),
+            "gold_turn_values": [i / h for i in range(h + 1)],
+        }
+        return Task(
+            prompt=question_text(chain),
+            gold_answer=chain[-1].dst,
+            gold_calls=gold_calls,
+            meta=meta,
+            private={"chain": chain},
+        )
+
+    def _progress(self, history: list[Message]) -> int:
+        assert self.task is not None
+        seen = "\n".join(m.get("content", "") for m in history if m.get("role") == "tool")
+        done = 0
+        for hop in self.task.private["chain"]:
+            if hop.fact not in seen:
+                break
+            done += 1
+        return done
+
+    def _plan_lengths(self) -> dict[int, float]:
+        return {h + 1: 1.0 / len(self.hops) for h in self.hops}
+
+    # ------------------------------------------------------------------ expert
+    def _expert_next(self) -> ToolCall | str:
+        assert self.task is not None
+        k = self._progress(self._history)
+        chain = self.task.private["chain"]
+        if k < len(chain):
+            return ToolCall(name="search", arguments={"query": chain[k].query})
+        return self.task.gold_answer
+
+    def _expert_wrong_call(self, rng: np.random.Generator) -> ToolCall:
+        assert self.task is not None
+        from turngym.envs.builtin.world import OUTGOING, query_text
+
+        chain = self.task.private["chain"]
+        k = min(self._progress(self._history), len(chain) - 1)
+        names = [n for n, t in self.world.entities.items() if OUTGOING[t] and n != chain[k].src]
+        name = names[int(rng.integers(0, len(names)))]
+        rels = OUTGOING[self.world.entities[name]]
+        return ToolCall(
+            name="search", arguments={"query": query_text(rels[int(rng.integers(0, len(rels)))], name)}
+        )
+
+    def _expert_wrong_answer(self, rng: np.random.Generator) -> str:
+        assert self.task is not None
+        gold = self.task.gold_answer
+        pool = [n for n in self.world.of_type(self.world.entities[gold]) if n != gold]
+        return pool[int(rng.integers(0, len(pool)))]
+
+
+def _check_hops(hops: int | Sequence[int]) -> tuple[int, ...]:
+    vals = (hops,) if isinstance(hops, (int, np.integer)) else tuple(hops)
+    if not vals or any(not isinstance(h, (int, np.integer)) or not 1 <= h <= 4 for h in vals):
+        raise ConfigError(f"hops must be an int in 1..4 or a non-empty sequence of them, got {hops!r}.")
+    return tuple(int(h) for h in vals)
+
+
+def format_hits(hits: Sequence[Any]) -> str:
+    """Render search hits compactly: ``"[1] Title: text"`` per line."""
+    lines = []
+    for i, h in enumerate(hits, 1):
+        contents = h.contents if hasattr(h, "contents") else str(h.get("contents", ""))
+        title, _, body = contents.partition("\n")
+        lines.append(f"[{i}] {title.strip()}: {body.strip()}" if body else f"[{i}] {title.strip()}")
+    return "\n".join(lines) if lines else "No documents found."
+
+
+def _make_search_tool(backend: Any, topk: int) -> Any:
+    from turngym.tools.search import make_search_tool
+
+    return make_search_tool(
+        backend,
+        topk,
+        formatter=format_hits,
+        description="Search the encyclopedia for one fact, e.g. 'founder of Zentrix'; returns the best documents.",
+    )

@@ -1,0 +1,475 @@
+"""Atomic checkpoints: a kill at any moment never damages the last good one.
+
+Layout of a run directory::
+
+    run_dir/checkpoints/
+        step-00000012/        one complete checkpoint
+            model.pt          model state dict (tensors only; loaded with weights_only=True)
+            optimizer.pt      optimizer (and scheduler) state dicts (tensors and numbers only)
+            rng.pt            torch CPU / CUDA RNG states
+            state.json        step, Python/NumPy RNG states, data-order state, extra trainer state
+            config.yaml       the resolved config at save time
+            manifest.json     written last: size and sha256 of every file above
+        latest                text file naming the newest complete checkpoint (replaced atomically)
+
+Protocol: every file is written and fsync'ed inside ``checkpoints/.tmp-step-...``, the manifest goes in
+last, the folder is renamed to ``step-...`` (``os.replace``, atomic on POSIX), then ``latest`` is
+replaced atomically, then checkpoints beyond ``keep`` are deleted (oldest first, renamed away before
+removal). :func:`load_latest` trusts nothing: it tries ``latest`` and then every ``step-*`` folder,
+newest first, and returns the first whose manifest verifies; partial temp folders are ignored and
+swept on the next save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from turngym.errors import TurngymError
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "capture_rng",
+    "checkpoint_dirs",
+    "load_latest",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+CKPT_SUBDIR = "checkpoints"
+LATEST = "latest"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+_MANIFEST = "manifest.json"
+_FORMAT = 1
+
+
+class CheckpointError(TurngymError, RuntimeError):
+    """A checkpoint could not be written or restored (not raised for a partial one: that is skipped)."""
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint read back from disk.
+
+    Attributes:
+        path: Its folder.
+        step: Training steps completed when it was saved.
+        model_state: Model ``state_dict`` (or only trainable tensors when saved with ``trainable_only``).
+        optimizer_state: Optimizer ``state_dict`` or None.
+        scheduler_state: LR scheduler ``state_dict`` or None.
+        rng: RNG states for :func:`restore_rng`.
+        data_state: The trainer's data-order state (a JSON-able dict), e.g. the next task seed.
+        extra: Any other JSON-able trainer state (NaN-guard counters, best eval, ...).
+        config: The resolved config dict at save time.
+        trainable_only: Whether ``model_state`` holds only the trainable tensors.
+    """
+
+    path: Path
+    step: int
+    model_state: dict[str, torch.Tensor] | None
+    optimizer_state: dict[str, Any] | None
+    scheduler_state: dict[str, Any] | None
+    rng: dict[str, Any]
+    data_state: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    trainable_only: bool = False
+
+    def restore(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        *,
+        rng: bool = True,
+    ) -> None:
+        """Load the saved states into live objects (and the global RNGs unless ``rng=False``)."""
+        if model is not None:
+            if self.model_state is None:
+                raise CheckpointError(f"checkpoint {self.path} holds no model state")
+            _missing, unexpected = model.load_state_dict(self.model_state, strict=not self.trainable_only)
+            if self.trainable_only and unexpected:
+                raise CheckpointError(
+                    f"checkpoint {self.path} has tensors the model lacks: {sorted(unexpected)[:5]}; "
+                    "was it saved from a different model (or LoRA setting)?"
+                )
+        if optimizer is not None and self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        if scheduler is not None and self.scheduler_state is not None:
+            scheduler.load_state_dict(self.scheduler_state)
+        if rng:
+            restore_rng(self.rng)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy (global) and torch (CPU + every CUDA device) RNG states."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    out: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": _jsonable(np_state),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (CUDA states are restored only when CUDA is available)."""
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        np_state = dict(state["numpy"])
+        inner = dict(np_state["state"])
+        inner["key"] = np.asarray(inner["key"], dtype=np.uint32)
+        np_state["state"] = inner
+        np.random.set_state(np_state)
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and math.isnan(obj):  # NaN -> null keeps strict JSON
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(
+        f"checkpoint state must be JSON-able (dicts, lists, numbers, strings, numpy arrays); got {type(obj).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _torch_save_synced(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_state(model: torch.nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if trainable_only:
+        keep = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in keep}
+    return {k: v.detach().to("cpu").clone() for k, v in state.items()}
+
+
+def step_dir_name(step: int) -> str:
+    """``step-00000012``: zero-padded so names sort by step."""
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    data_state: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    config: Any = None,
+    keep: int = 2,
+    trainable_only: bool = False,
+    rng: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically and prune old ones.
+
+    Args:
+        run_dir: The run directory (checkpoints go to ``run_dir/checkpoints``).
+        step: Training steps completed; names the checkpoint.
+        model: Module whose ``state_dict`` is saved.
+        optimizer: Optimizer whose ``state_dict`` is saved.
+        scheduler: Optional LR scheduler (anything with ``state_dict``).
+        data_state: JSON-able data-order state (next task seed, sampler state, ...).
+        extra: Other JSON-able trainer state.
+        config: Config dataclass or dict, stored as ``config.yaml``.
+        keep: Number of most recent checkpoints to keep (>= 1).
+        trainable_only: Save only parameters with ``requires_grad`` (LoRA adapters); restore with
+            ``strict=False``.
+        rng: RNG states to store; default :func:`capture_rng` at call time.
+
+    Returns:
+        The folder of the new checkpoint.
+    """
+    if keep < 1:
+        raise ValueError(f"keep={keep} must be >= 1")
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0")
+    root = Path(run_dir) / CKPT_SUBDIR
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_partial(root)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    try:
+        files: list[str] = []
+        if model is not None:
+            _torch_save_synced(_model_state(model, trainable_only), tmp / "model.pt")
+            files.append("model.pt")
+        if optimizer is not None or scheduler is not None:
+            opt = {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            }
+            _torch_save_synced(opt, tmp / "optimizer.pt")
+            files.append("optimizer.pt")
+        rng_state = dict(rng) if rng is not None else capture_rng()
+        tensors = {k: v for k, v in rng_state.items() if k in ("torch", "torch_cuda")}
+        _torch_save_synced(tensors, tmp / "rng.pt")
+        files.append("rng.pt")
+        state = {
+            "format": _FORMAT,
+            "step": int(step),
+            "time": time.time(),
+            "trainable_only": bool(trainable_only),
+            "rng": _jsonable({k: v for k, v in rng_state.items() if k not in tensors}),
+            "data_state": _jsonable(dict(data_state or {})),
+            "extra": _jsonable(dict(extra or {})),
+        }
+        _write_bytes_synced(tmp / "state.json", json.dumps(state, allow_nan=False).encode())
+        files.append("state.json")
+        if config is not None:
+            _write_bytes_synced(tmp / "config.yaml", _config_yaml(config).encode())
+            files.append("config.yaml")
+        manifest = {
+            "format": _FORMAT,
+            "step": int(step),
+            "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files},
+        }
+        _write_bytes_synced(tmp / _MANIFEST, json.dumps(manifest, indent=1).encode())
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): move the old one out of the way
+            _remove_tree(final, root)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest(root, final.name)
+    _prune(root, keep=keep, protect=final.name)
+    return final
+
+
+def _config_yaml(config: Any) -> str:
+    from turngym.config import dump_yaml
+
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dump_yaml(config)
+    import yaml
+
+    return yaml.safe_dump(_jsonable(dict(config)), sort_keys=False)
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / f".{LATEST}.{os.getpid()}.tmp"
+    _write_bytes_synced(tmp, (name + "\n").encode())
+    os.replace(tmp, root / LATEST)
+    _fsync_dir(root)
+
+
+def _remove_tree(path: Path, root: Path) -> None:
+    trash = root / f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+    os.replace(path, trash)  # atomic: the name never points at a half-deleted folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep_partial(root: Path) -> None:
+    """Remove temp and trash folders left by a killed writer (only ones not owned by a live process)."""
+    for p in root.iterdir():
+        if not p.name.startswith((".tmp-", ".trash-")):
+            continue
+        parts = p.name.split("-")
+        try:
+            pid = int(parts[-2])
+        except (ValueError, IndexError):
+            pid = -1
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prune(root: Path, *, keep: int, protect: str) -> None:
+    dirs = checkpoint_dirs(root.parent)
+    for path in dirs[:-keep] if len(dirs) > keep else []:
+        if path.name != protect:
+            _remove_tree(path, root)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def checkpoint_dirs(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """``step-*`` folders under ``run_dir/checkpoints``, oldest first (not verified)."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def verify(path: str | os.PathLike[str]) -> str:
+    """Why checkpoint folder ``path`` is unusable, or ``""`` when its manifest verifies (sizes and sha256)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest (partial write)"
+    except (OSError, ValueError) as err:
+        return f"unreadable manifest: {err}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "state.json" not in files:
+        return "manifest lists no state.json"
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"missing {name}"
+        if f.stat().st_size != meta.get("size"):
+            return f"{name} has {f.stat().st_size} bytes, manifest says {meta.get('size')}"
+        if _sha256(f) != meta.get("sha256"):
+            return f"{name} checksum mismatch"
+    return ""
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read one checkpoint folder after verifying it.
+
+    Raises:
+        CheckpointError: The folder is partial or corrupt (the reason is in the message).
+    """
+    path = Path(path)
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is unusable: {problem}")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        model_state = optimizer_state = scheduler_state = None
+        if (path / "model.pt").is_file():
+            model_state = torch.load(path / "model.pt", map_location=map_location, weights_only=True)
+        if (path / "optimizer.pt").is_file():
+            opt = torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+            optimizer_state, scheduler_state = opt.get("optimizer"), opt.get("scheduler")
+        rng = dict(state.get("rng", {}))
+        rng.update(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
+        config: dict[str, Any] = {}
+        if (path / "config.yaml").is_file():
+            import yaml
+
+            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except Exception as err:  # verified bytes that still do not parse: treat as corrupt
+        raise CheckpointError(f"checkpoint {path} is unusable: {type(err).__name__}: {err}") from err
+    return Checkpoint(
+        path=path,
+        step=int(state["step"]),
+        model_state=model_state,
+        optimizer_state=optimizer_state,
+        scheduler_state=scheduler_state,
+        rng=rng,
+        data_state=state.get("data_state", {}),
+        extra=state.get("extra", {}),
+        config=config,
+        trainable_only=bool(state.get("trainable_only", False)),
+    )
+
+
+def load_latest(
+    run_dir: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", log: Any = None
+) -> Checkpoint | None:
+    """The newest checkpoint of ``run_dir`` that verifies, or None when there is none.
+
+    Tries the ``latest`` pointer first, then every ``step-*`` folder newest first; partial or corrupt
+    folders are skipped (``log``, if given, is called with a one-line reason for each).
+    """
+    root = Path(run_dir) / CKPT_SUBDIR
+    candidates: list[Path] = []
+    try:
+        name = (root / LATEST).read_text().strip()
+        if _STEP_RE.match(name):
+            candidates.append(root / name)
+    except OSError:
+        pass
+    candidates += [p for p in reversed(checkpoint_dirs(run_dir)) if p not in candidates]
+    # the pointer can lag behind a newer complete folder (killed between rename and pointer update)
+    candidates.sort(key=lambda p: -int(_STEP_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+    for path in candidates:
+        if not path.is_dir():
+            continue
+        try:
+            return load_checkpoint(path, map_location=map_location)
+        except CheckpointError as err:
+            if log is not None:
+                log(f"skipping {err}")
+    return None

@@ -1,0 +1,223 @@
+"""Pieces shared by the GRPO and PPO trainers: setup, warm start, evaluation, signals, rollout metrics.
+
+Each function does one job and returns plain values, so `grpo.py` and `ppo.py` read top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from turngym.errors import ConfigError
+from turngym.trainers.config import TrainConfig
+from turngym.types import Trajectory
+
+
+@dataclass
+class Setup:
+    """What every trainer builds before its first step."""
+
+    model: Any
+    tokenizer: Any
+    renderer: Any
+    policy: Any
+    device: torch.device
+    pad_id: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def setup(cfg: TrainConfig) -> Setup:
+    """Seed, build the policy model, its renderer and the sampler."""
+    from turngym.agents.policy import HFPolicy
+    from turngym.agents.render import Renderer
+    from turngym.agents.tiny import load_policy_model
+    from turngym.envs import make
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    kwargs: dict[str, Any] = {"size": cfg.model_size} if cfg.model == "tiny" else {}
+    model, tok = load_policy_model(
+        cfg.model, env_id=cfg.env_id, cache_dir=cfg.cache_dir, device=str(device),
+        dtype=resolve_dtype(cfg.dtype, device), **kwargs,
+    )
+    if cfg.lora:
+        model = apply_lora(model, cfg)
+    env = make(cfg.env_id, **cfg.env_kwargs)
+    renderer = Renderer(tok, env.tool_schemas)
+    env.close()
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return Setup(model, tok, renderer, HFPolicy(model, tok), device, int(pad_id))
+
+
+def apply_lora(model, cfg: TrainConfig):
+    """Wrap ``model`` with peft LoRA adapters on its attention and MLP projections."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = sorted(names & {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    if not targets:
+        raise ConfigError(f"lora=true found no q/k/v/o/gate/up/down projections in the model (it has {sorted(names)}).")
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def sampling_params(cfg: TrainConfig, *, temperature: float | None = None):
+    from turngym.agents.policy import SamplingParams
+
+    return SamplingParams(temperature=cfg.temperature if temperature is None else temperature,
+                          top_p=cfg.top_p if temperature is None else 1.0, max_new_tokens=cfg.max_new_tokens)
+
+
+def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
+            policy: Any = None) -> tuple[list[Trajectory], Any]:
+    """Roll out ``group_size`` trajectories per seed with the current policy; returns (trajectories, stats)."""
+    from turngym.agents.rollout import collect_rollouts
+
+    return collect_rollouts(
+        cfg.env_id, policy or s.policy, s.renderer, seeds, group_size, sampler=cfg.sampler,
+        params=sampling_params(cfg, temperature=temperature), max_turns=cfg.max_turns,
+        max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
+    )
+
+
+def task_seeds(cfg: TrainConfig, step: int) -> list[int]:
+    """Training task seeds of ``step``: a pure function of (seed, step), so a resumed run sees the same data."""
+    rng = np.random.default_rng([cfg.seed, step])
+    return [int(x) for x in rng.integers(0, cfg.eval_seed, size=cfg.tasks_per_step)]
+
+
+def succeeded(t: Trajectory) -> bool:
+    """The env's ``info['success']`` of the final step (falls back to ``outcome >= 1``)."""
+    if t.turns and "success" in t.turns[-1].info:
+        return bool(t.turns[-1].info["success"])
+    return t.outcome >= 1.0
+
+
+def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[str, float]:
+    """Success, reward, turns, tokens, tool use and stop reasons of a list of trajectories."""
+    n = max(len(trajs), 1)
+    out = {
+        f"{prefix}/success": sum(succeeded(t) for t in trajs) / n,
+        f"{prefix}/reward": float(np.mean([t.outcome for t in trajs])) if trajs else 0.0,
+        f"{prefix}/turns": float(np.mean([t.num_turns for t in trajs])) if trajs else 0.0,
+        f"{prefix}/tool_calls": sum(len(u.tool_calls) for t in trajs for u in t.turns) / n,
+        f"{prefix}/tool_errors": sum(sum(not r.ok for r in u.tool_results) for t in trajs for u in t.turns) / n,
+    }
+    if prefix == "rollout":
+        out.update({
+            "rollout/reward_std": float(np.std([t.outcome for t in trajs])) if trajs else 0.0,
+            "rollout/return": sum(t.total_reward for t in trajs) / n,
+            "rollout/action_tokens": sum(len(u.action_ids) for t in trajs for u in t.turns) / n,
+            "rollout/traj_tokens": sum(len(t.token_ids()) for t in trajs) / n,
+            "rollout/parse_errors": sum(len(u.info.get("parse_errors", []) or []) for t in trajs for u in t.turns) / n,
+            "rollout/answered": sum(t.final_answer is not None for t in trajs) / n,
+            "rollout/trajectories": float(len(trajs)),
+        })
+        for reason in sorted({t.stop_reason for t in trajs}):
+            out[f"rollout/stop/{reason}"] = sum(t.stop_reason == reason for t in trajs) / n
+    return out
+
+
+def evaluate(cfg: TrainConfig, s: Setup) -> tuple[dict[str, float], list[Trajectory]]:
+    """Held-out success on ``cfg.eval_tasks`` fixed seeds (``eval_seed + i``), one episode each."""
+    t0 = time.perf_counter()
+    seeds = [cfg.eval_seed + i for i in range(cfg.eval_tasks)]
+    was_training = s.model.training
+    s.model.eval()
+    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature)
+    s.model.train(was_training)
+    m = rollout_metrics(trajs, prefix="eval")
+    m["eval/tasks"] = float(len(trajs))
+    m["eval/s"] = time.perf_counter() - t0
+    return m, trajs
+
+
+def warm_start(cfg: TrainConfig, s: Setup, log) -> dict[str, float]:
+    """SFT on the noisy scripted expert's demonstrations (``cfg.sft_episodes`` episodes, seeds below eval)."""
+    from turngym.trainers.sft import collect_demonstrations, sft_train
+
+    rng = np.random.default_rng([cfg.seed, 7])
+    seeds = [int(x) for x in rng.integers(0, cfg.eval_seed, size=cfg.sft_episodes)]
+    demos = collect_demonstrations(
+        cfg.env_id, s.tokenizer, s.renderer, seeds, noise=cfg.expert_noise, seed=cfg.seed,
+        env_kwargs=cfg.env_kwargs, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+        max_traj_tokens=cfg.max_traj_tokens,
+    )
+    expert_success = sum(succeeded(t) for t in demos) / max(len(demos), 1)
+    every = max(1, cfg.sft_steps // 20)
+
+    def on_step(step: int, loss: float) -> None:
+        if (step + 1) % every == 0 or step + 1 == cfg.sft_steps:
+            log(step + 1, loss)
+
+    losses = sft_train(s.model, demos, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
+                       pad_id=s.pad_id, seed=cfg.seed, on_step=on_step)
+    return {"sft/episodes": float(len(demos)), "sft/expert_success": expert_success,
+            "sft/loss": losses[-1] if losses else math.nan}
+
+
+def probe_scorer(model, pad_id: int, batch_size: int = 32):
+    """A `ContinuationScorer` over ``model``: per-token log-probs of each continuation given its context."""
+    from turngym.trainers.losses import token_logprobs
+
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def score(contexts, continuations):
+        out: list[list[float]] = []
+        for start in range(0, len(contexts), batch_size):
+            ctx = [list(c) for c in contexts[start:start + batch_size]]
+            cont = [list(c) for c in continuations[start:start + batch_size]]
+            rows = [c + d for c, d in zip(ctx, cont)]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):  # left padding
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            lp = token_logprobs(logits[:, :-1].float(), ids[:, 1:])  # [b, width-1]
+            for i, d in enumerate(cont):
+                out.append(lp[i, width - 1 - len(d):].tolist() if d else [])
+        return out
+
+    return score
+
+
+def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
+    """The providers a credit method needs, built over the current policy (π_θold at rollout time)."""
+    from turngym.credit import signals as sig
+
+    name = cfg.credit
+    if name in ("igpo", "a2tgpo"):
+        return [sig.GoldProbeProvider(probe_scorer(s.model, s.pad_id), sig.hf_tokenize(s.tokenizer),
+                                      prefix="<answer>", suffix="</answer>")]
+    if name == "matchtir":
+        return [sig.ToolMatchProvider()]
+    if name == "siop":
+        return [sig.OutcomeClusterProvider(), sig.SupportProvider(probe_scorer(s.model, s.pad_id),
+                                                                   sig.hf_tokenize(s.tokenizer))]
+    if name == "slate":
+        return [sig.RuleStepJudgeProvider()]
+    return []

@@ -1,0 +1,521 @@
+"""`TrainConfig`: the one flat, frozen config of `turngym train` (GRPO and PPO).
+
+Every field has a one-line docstring (shown by ``turngym train --help-config`` and rendered into
+``docs/config.md``). Presets in ``turngym/configs/*.yaml`` are partial dumps of this dataclass applied
+over its defaults; the defaults themselves are the embedded default run (tiny policy on
+``search/HopQA-v0``, SFT warm start, GRPO with A²TGPO turn-level credit on a laptop CPU).
+
+Checks that need no imports run in ``__post_init__``; names that live in registries (credit method,
+env id, tiny model size) are checked by :meth:`TrainConfig.validate_names`, which imports those
+registries lazily and is called by the CLI before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.resources
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from turngym.errors import ConfigError
+
+Algo = Literal["grpo", "ppo"]
+RatioLevel = Literal["auto", "token", "turn", "sequence"]
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLType = Literal["k1", "k2", "k3", "k1+", "k3+"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+RolloutBackend = Literal["local", "ray"]
+Sampler = Literal["group", "truncated_step", "tree"]
+GenerationBackend = Literal["hf", "vllm"]
+Critic = Literal["head", "separate"]
+
+#: Credit methods that need a critic's values, hence ``algo="ppo"``.
+VALUE_CREDITS = frozenset({"gae", "ppo-bad"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `turngym train` needs, flat. Override any field with ``key=value``."""
+
+    # --- environment
+    env_id: str = "search/HopQA-v0"
+    """Registered env id to train on (`turngym envs` lists them)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for `turngym.make(env_id, **env_kwargs)`; set one with env_kwargs.name=value."""
+    max_turns: int | None = None
+    """Turn limit per episode; none keeps the env's own `max_turns`."""
+
+    # --- model
+    model: str = "tiny"
+    """Policy model: "tiny" (embedded random-init decoder), "smollm2-135m", or a local HF model path."""
+    model_size: str = "1m"
+    """Size of the tiny model ("1m", "3m", "10m"); ignored for other models."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 64
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout probability."""
+    device: str = "auto"
+    """Torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N"."""
+    dtype: Dtype = "auto"
+    """Parameter dtype: "auto" is bfloat16 on GPU and float32 on CPU."""
+    torch_threads: int | None = None
+    """CPU threads for torch (`torch.set_num_threads`); none keeps torch's default."""
+    seed: int = 0
+    """Seed for model init, sampling and task order."""
+    cache_dir: str | None = None
+    """Where built tiny models / converted checkpoints are cached; none uses ~/.cache/turngym."""
+
+    # --- algorithm
+    algo: Algo = "grpo"
+    """Trainer: "grpo" (critic-free, group baselines) or "ppo" (value head or critic, GAE/BAD credit)."""
+    credit: str = "a2tgpo"
+    """Credit-assignment method, a key of `turngym.credit.CREDIT` (e.g. grpo, a2tgpo, matchtir, siop, gigpo)."""
+    credit_overrides: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the credit method's own config; set one with credit_overrides.name=value."""
+    group_size: int = 8
+    """Rollouts per task (G): the group used for baselines."""
+    tasks_per_step: int = 8
+    """Distinct tasks per training step; a step samples tasks_per_step * group_size trajectories."""
+    steps: int = 40
+    """RL training steps (one rollout batch and its updates each)."""
+    lr: float = 2e-4
+    """Policy learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimizer steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables it."""
+    minibatch_size: int = 16
+    """Trajectories per optimizer step; must divide tasks_per_step * group_size."""
+    grad_accum: int = 1
+    """Micro-batches per minibatch (gradient accumulation); must divide minibatch_size."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    eps_low: float = 0.2
+    """Lower clip range of the importance ratio (1 - eps_low)."""
+    eps_high: float = 0.28
+    """Upper clip range of the importance ratio (1 + eps_high); > eps_low is DAPO's clip-higher."""
+    dual_clip_c: float | None = 3.0
+    """Dual-clip bound for negative advantages (> 1); none disables it."""
+    ratio_level: RatioLevel = "auto"
+    """Importance-ratio granularity; "auto" uses the level the credit method asks for."""
+    loss_agg: LossAgg = "token-mean"
+    """How per-token losses are aggregated (turngym.trainers.losses.LOSS_AGG)."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the reference (initial) policy; 0 skips the reference model."""
+    kl_type: KLType = "k3"
+    """KL estimator: k1, k2, k3 (low-variance), or k1+/k3+ (straight-through k2 gradient)."""
+    kl_in_reward: bool = False
+    """Apply the KL as a per-token reward penalty (PPO style) instead of a loss term."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+
+    # --- ppo critic
+    gamma: float = 1.0
+    """Discount per policy token (PPO/GAE)."""
+    gae_lambda: float = 1.0
+    """GAE lambda (PPO)."""
+    value_coef: float = 0.5
+    """Weight of the value loss (PPO)."""
+    value_clip: float = 0.5
+    """Clip range of the value update around the old values (PPO)."""
+    critic: Critic = "head"
+    """PPO critic: a value "head" on the policy or a "separate" model of the same architecture."""
+    critic_lr: float | None = None
+    """Learning rate of a separate critic; none uses lr."""
+
+    # --- dapo switches
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more tasks to fill the batch."""
+    dynamic_sampling_max_rounds: int = 3
+    """Extra sampling rounds dynamic sampling may take per step before training on a smaller batch."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping buffer in tokens (penalty ramps in over the last buffer tokens); 0 disables it."""
+    overlong_penalty: float = 1.0
+    """DAPO overlong penalty at and beyond max_traj_tokens."""
+
+    # --- sampling
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (> 0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass for training rollouts, in (0, 1]."""
+    max_new_tokens: int = 64
+    """Token budget of one assistant turn."""
+    max_traj_tokens: int = 768
+    """Token budget of a whole trajectory (prompt, actions and observations)."""
+    sampler: Sampler = "group"
+    """How rollouts are drawn: "group" (G full episodes per task), "truncated_step" (SLATE), "tree" (shared prefixes)."""
+    rollout_backend: RolloutBackend = "local"
+    """Where envs and tools run: "local" (this process) or "ray" (actors; needs turngym[ray])."""
+    rollout_workers: int = 1
+    """Rollout workers for the ray backend."""
+    generation_backend: GenerationBackend = "hf"
+    """Sampler engine: "hf" (transformers generate) or "vllm" (GPU, needs turngym[vllm])."""
+
+    # --- sft warm start
+    sft_steps: int = 300
+    """SFT steps on scripted-expert demonstrations before RL; 0 skips the warm start."""
+    sft_lr: float = 2e-3
+    """SFT learning rate."""
+    sft_episodes: int = 512
+    """Expert demonstration episodes for SFT."""
+    sft_batch_size: int = 16
+    """Episodes per SFT step."""
+    expert_noise: float | None = None
+    """Mistake probability of the scripted expert per action, in [0, 1]; none uses the env's default."""
+
+    # --- evaluation
+    eval_tasks: int = 200
+    """Held-out tasks for the before/after evaluation; 0 skips evaluation."""
+    eval_seed: int = 1_000_000
+    """First seed of the held-out tasks (training tasks use seeds below it)."""
+    eval_every: int = 0
+    """Evaluate every N RL steps as well; 0 evaluates only before and after training."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation; 0 is greedy."""
+
+    # --- run directory and logging
+    run_dir: str | None = None
+    """Run directory; none creates runs/<date>-<time>-<algo>-<credit>."""
+    resume: bool = False
+    """Continue the run in run_dir from its latest good checkpoint (set by `turngym train --resume RUN_DIR`)."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every N steps (and at the end); 0 saves only at the end."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    log_every: int = 1
+    """Write metrics every N steps."""
+    save_trajectories: int = 4
+    """Sampled trajectories written to trajectories.jsonl per logged step; 0 writes none."""
+    max_nonfinite_steps: int = 3
+    """Stop the run after this many consecutive steps with NaN/inf loss or advantages."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under run_dir/tb (when tensorboard is installed)."""
+    wandb: bool = False
+    """Log to Weights & Biases (needs `pip install wandb`)."""
+    wandb_project: str = "turngym"
+    """W&B project name."""
+    progress: bool = True
+    """Show the live progress bar (plain lines when stdout is not a terminal)."""
+    report: bool = True
+    """Write report.md and a PNG learning curve into the run directory at the end."""
+
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            msg = check(self)
+            if msg:
+                raise ConfigError(msg)
+
+    @property
+    def batch_size(self) -> int:
+        """Trajectories sampled per step: ``tasks_per_step * group_size``."""
+        return self.tasks_per_step * self.group_size
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (checks run again)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate_names(self) -> None:
+        """Check registry names (credit method, env id, tiny model size) against the registries.
+
+        Each registry is imported lazily and skipped when its package is not importable yet.
+
+        Raises:
+            ConfigError: A name is unknown; the message lists close matches and the known names.
+        """
+        from turngym.registry import unknown_name_message
+
+        credit_reg = _optional_attr("turngym.credit", "CREDIT") or _optional_attr("turngym.credit.base", "CREDIT")
+        if credit_reg is not None and self.credit not in credit_reg:
+            raise ConfigError(
+                unknown_name_message("credit method", self.credit, list(credit_reg))
+                + " Fix: credit=<one of them>."
+            )
+        if self.model == "tiny":
+            sizes = _optional_attr("turngym.agents.tiny", "TINY_SIZES")
+            if sizes is not None and self.model_size not in sizes:
+                raise ConfigError(
+                    unknown_name_message("tiny model size", self.model_size, list(sizes))
+                    + " Fix: model_size=<one of them>."
+                )
+        ids = _registered_env_ids()
+        if ids is not None and self.env_id not in ids:
+            raise ConfigError(
+                unknown_name_message("env id", self.env_id, ids) + " Fix: env_id=<one of them> (`turngym envs`)."
+            )
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("wandb=true but wandb is not installed. Fix: `pip install wandb`, or wandb=false.")
+
+
+def _optional_attr(module: str, attr: str) -> Any:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    return getattr(mod, attr, None)
+
+
+def _registered_env_ids() -> list[str] | None:
+    try:
+        reg = importlib.import_module("turngym.envs.registration")
+    except ImportError:
+        return None
+    importlib.import_module("turngym.envs")  # registers the built-in ids
+    for name in ("list_envs",):
+        fn = getattr(reg, name, None)
+        if callable(fn):
+            return list(fn())
+    registry = getattr(reg, "registry", None)
+    if registry is not None:
+        return list(registry)
+    return None
+
+
+# --------------------------------------------------------------------------- cross-field checks
+# Each check returns "" when fine, else a message that states the values and the fix.
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _nearest(values: list[int], target: int) -> list[int]:
+    return sorted(sorted(values, key=lambda v: (abs(v - target), v))[:2])
+
+
+def _check_positive(c: TrainConfig) -> str:
+    for name in ("group_size", "tasks_per_step", "minibatch_size", "grad_accum", "ppo_epochs", "max_new_tokens",
+                 "max_traj_tokens", "log_every", "keep_checkpoints", "sft_batch_size", "rollout_workers",
+                 "max_nonfinite_steps", "lora_r", "lora_alpha", "dynamic_sampling_max_rounds"):
+        v = getattr(c, name)
+        if v < 1:
+            return f"{name}={v} must be >= 1. Fix: {name}=1 or more."
+    for name in ("steps", "sft_steps", "sft_episodes", "eval_tasks", "eval_every", "checkpoint_every",
+                 "save_trajectories", "warmup_steps", "overlong_buffer", "eval_seed"):
+        v = getattr(c, name)
+        if v < 0:
+            return f"{name}={v} must be >= 0. Fix: {name}=0 or more."
+    if c.max_turns is not None and c.max_turns < 1:
+        return f"max_turns={c.max_turns} must be >= 1 (or none for the env's default)."
+    if c.torch_threads is not None and c.torch_threads < 1:
+        return f"torch_threads={c.torch_threads} must be >= 1 (or none for torch's default)."
+    return ""
+
+
+def _check_group(c: TrainConfig) -> str:
+    if c.algo == "grpo" and c.group_size < 2:
+        return (
+            f"group_size={c.group_size} with algo='grpo': GRPO normalizes each reward within its group, so a "
+            "group of one always gets advantage 0 and nothing is learned. Fix: group_size=2 or more "
+            "(e.g. group_size=8), or algo=ppo."
+        )
+    if c.dynamic_sampling and c.group_size < 2:
+        return f"dynamic_sampling=true needs group_size >= 2 (got {c.group_size}): it drops zero-variance groups."
+    return ""
+
+
+def _check_batch(c: TrainConfig) -> str:
+    b = c.batch_size
+    if b % c.minibatch_size:
+        near = [d for d in _nearest(_divisors(b), c.minibatch_size)]
+        return (
+            f"tasks_per_step * group_size = {c.tasks_per_step} * {c.group_size} = {b} trajectories per step is not "
+            f"divisible by minibatch_size={c.minibatch_size}. Fix: minibatch_size={' or '.join(map(str, near))}, "
+            "or change tasks_per_step / group_size."
+        )
+    if c.minibatch_size % c.grad_accum:
+        near = _nearest(_divisors(c.minibatch_size), c.grad_accum)
+        return (
+            f"minibatch_size={c.minibatch_size} is not divisible by grad_accum={c.grad_accum}. "
+            f"Fix: grad_accum={' or '.join(map(str, near))}."
+        )
+    return ""
+
+
+def _check_optim(c: TrainConfig) -> str:
+    if not c.lr > 0:
+        return f"lr={c.lr} must be > 0. Fix: e.g. lr=1e-4 (tiny model) or lr=1e-6 (pretrained)."
+    if c.critic_lr is not None and not c.critic_lr > 0:
+        return f"critic_lr={c.critic_lr} must be > 0 (or none to use lr={c.lr})."
+    if c.sft_steps > 0 and not c.sft_lr > 0:
+        return f"sft_lr={c.sft_lr} must be > 0 when sft_steps={c.sft_steps} > 0. Fix: sft_lr=1e-3, or sft_steps=0."
+    if c.weight_decay < 0:
+        return f"weight_decay={c.weight_decay} must be >= 0."
+    if c.max_grad_norm < 0:
+        return f"max_grad_norm={c.max_grad_norm} must be >= 0 (0 disables clipping)."
+    return ""
+
+
+def _check_clip(c: TrainConfig) -> str:
+    if not 0 < c.eps_low < 1:
+        return f"eps_low={c.eps_low} must be in (0, 1): the ratio is clipped below at 1 - eps_low."
+    if not c.eps_high > 0:
+        return f"eps_high={c.eps_high} must be > 0: the ratio is clipped above at 1 + eps_high."
+    if c.dual_clip_c is not None and not c.dual_clip_c > 1:
+        return f"dual_clip_c={c.dual_clip_c} must be > 1 (verl uses 3.0). Fix: dual_clip_c=3, or dual_clip_c=none."
+    if c.value_clip <= 0:
+        return f"value_clip={c.value_clip} must be > 0."
+    return ""
+
+
+def _check_coefs(c: TrainConfig) -> str:
+    for name in ("kl_coef", "entropy_coef", "value_coef", "overlong_penalty"):
+        v = getattr(c, name)
+        if v < 0:
+            return f"{name}={v} must be >= 0."
+    if c.kl_in_reward and c.kl_coef == 0:
+        return "kl_in_reward=true with kl_coef=0 has no effect. Fix: set kl_coef > 0 (e.g. 0.001), or kl_in_reward=false."
+    if not 0 <= c.gamma <= 1:
+        return f"gamma={c.gamma} must be in [0, 1]."
+    if not 0 <= c.gae_lambda <= 1:
+        return f"gae_lambda={c.gae_lambda} must be in [0, 1]."
+    if c.lora_dropout < 0 or c.lora_dropout >= 1:
+        return f"lora_dropout={c.lora_dropout} must be in [0, 1)."
+    return ""
+
+
+def _check_sampling(c: TrainConfig) -> str:
+    if not c.temperature > 0:
+        return (
+            f"temperature={c.temperature} must be > 0 for training rollouts: greedy groups are identical and get "
+            "zero advantage. Fix: temperature=1.0 (eval_temperature=0 gives greedy evaluation)."
+        )
+    if c.eval_temperature < 0:
+        return f"eval_temperature={c.eval_temperature} must be >= 0 (0 is greedy)."
+    if not 0 < c.top_p <= 1:
+        return f"top_p={c.top_p} must be in (0, 1]."
+    if c.max_new_tokens > c.max_traj_tokens:
+        return (
+            f"max_new_tokens={c.max_new_tokens} (one turn) exceeds max_traj_tokens={c.max_traj_tokens} (the whole "
+            f"trajectory). Fix: max_traj_tokens={c.max_new_tokens * 8} or a smaller max_new_tokens."
+        )
+    if c.overlong_buffer >= c.max_traj_tokens:
+        return (
+            f"overlong_buffer={c.overlong_buffer} must be smaller than max_traj_tokens={c.max_traj_tokens}. "
+            f"Fix: overlong_buffer={c.max_traj_tokens // 4} or 0 to disable overlong shaping."
+        )
+    if c.expert_noise is not None and not 0 <= c.expert_noise <= 1:
+        return f"expert_noise={c.expert_noise} must be in [0, 1] (or none for the env's default)."
+    return ""
+
+
+def _check_algo(c: TrainConfig) -> str:
+    if c.credit in VALUE_CREDITS and c.algo != "ppo":
+        return (
+            f"credit={c.credit!r} needs a critic's values but algo={c.algo!r}. Fix: algo=ppo, or pick a "
+            "critic-free credit method (e.g. credit=grpo or credit=a2tgpo)."
+        )
+    if c.rollout_backend == "local" and c.rollout_workers != 1:
+        return f"rollout_workers={c.rollout_workers} needs rollout_backend=ray (local runs one worker)."
+    return ""
+
+
+def _check_run(c: TrainConfig) -> str:
+    if c.resume and not c.run_dir:
+        return "resume=true needs run_dir. Fix: `turngym train --resume RUN_DIR` (or run_dir=PATH resume=true)."
+    return ""
+
+
+_CHECKS = (
+    _check_positive, _check_group, _check_batch, _check_optim, _check_clip, _check_coefs,
+    _check_sampling, _check_algo, _check_run,
+)
+
+
+# --------------------------------------------------------------------------- presets and resolution
+
+
+def presets_dir() -> Path:
+    """Folder of the packaged presets (``turngym/configs``), found from a source checkout or a wheel."""
+    return Path(str(importlib.resources.files("turngym") / "configs"))
+
+
+def preset_names() -> list[str]:
+    """Names of the packaged presets (file stems of ``turngym/configs/*.yaml``)."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def preset_description(name: str) -> str:
+    """First comment line of a preset file (its one-line description)."""
+    path = presets_dir() / f"{name}.yaml"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """The override dict of a preset name (``grpo``) or of a YAML file path (``my.yaml``, a run's config.yaml).
+
+    Raises:
+        ConfigError: Unknown preset (with close matches and the list), missing or malformed file.
+    """
+    from turngym.config import load_yaml
+    from turngym.registry import unknown_name_message
+
+    looks_like_path = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path or os.sep in name_or_path
+    if looks_like_path:
+        return load_yaml(name_or_path)
+    path = presets_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            unknown_name_message("preset", name_or_path, preset_names())
+            + " Fix: `turngym train <preset>` with one of them, or a path to a YAML file."
+        )
+    return load_yaml(path)
+
+
+def resolve_train_config(
+    preset: str | None = None, overrides: Sequence[str] = (), *, resume_dir: str | None = None,
+    check_names: bool = True,
+) -> TrainConfig:
+    """Preset (or a resumed run's config.yaml) <- ``key=value`` overrides -> a validated `TrainConfig`.
+
+    Touches no file except reading the preset: nothing is created before the config is valid.
+
+    Args:
+        preset: Preset name or YAML path; none means ``"default"``.
+        overrides: ``key=value`` strings.
+        resume_dir: A run directory to continue; its ``config.yaml`` is the base and ``run_dir``/``resume``
+            are set to it. Cannot be combined with ``preset``.
+        check_names: Also run :meth:`TrainConfig.validate_names` (imports the registries).
+
+    Raises:
+        ConfigError: Anything wrong with the preset, the overrides or their combination.
+    """
+    from turngym.config import build_config, merge
+
+    if resume_dir is not None:
+        if preset is not None:
+            raise ConfigError(
+                f"--resume {resume_dir} continues that run with its own config.yaml; a preset ({preset!r}) cannot "
+                "be combined with it. Fix: drop the preset (key=value overrides are still allowed)."
+            )
+        cfg_path = Path(resume_dir) / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(
+                f"--resume {resume_dir}: no config.yaml there, so it is not a turngym run directory. "
+                "Fix: pass the run directory printed at the start of the run."
+            )
+        base = merge(load_preset(str(cfg_path)), {"run_dir": str(resume_dir), "resume": True})
+    else:
+        base = load_preset(preset or "default")
+    cfg = build_config(TrainConfig, base, overrides)
+    if resume_dir is not None and (cfg.run_dir != str(resume_dir) or not cfg.resume):
+        raise ConfigError(
+            f"--resume {resume_dir} cannot be combined with run_dir={cfg.run_dir} / resume={cfg.resume}. "
+            "Fix: drop those overrides."
+        )
+    if check_names:
+        cfg.validate_names()
+    return cfg

@@ -1,0 +1,209 @@
+"""GRPO for multi-turn agents, with any registered credit method.
+
+Algorithm (one step):
+
+1. **Rollout**: ``tasks_per_step`` task seeds, ``group_size`` trajectories each (same seed = same task), sampled
+   by the current policy through the rollout engine (token-in/token-out: the trainer sees exactly the ids and
+   log-probs the sampler produced).
+2. **Signals**: the providers the credit method needs (gold-answer probe for IGPO/A²TGPO, tool-call matching for
+   MatchTIR, answer clusters and support for SIOP, step judges for SLATE), run with the behaviour policy.
+3. **Credit**: ``CREDIT[cfg.credit]`` maps the `GroupBatch` to token advantages, an optional per-token clip scale
+   and the ratio level the method expects.
+4. **Update**: ``ppo_epochs`` passes of minibatch clipped-surrogate updates (`turngym.trainers.update`), optional
+   KL to a frozen reference copy, entropy bonus.
+5. **Log, evaluate, checkpoint**: metrics JSONL/TensorBoard, held-out evaluation every ``eval_every`` steps,
+   atomic checkpoints every ``checkpoint_every`` steps; ``--resume`` continues from the last good one.
+
+Before step 1 of a fresh run: an SFT warm start on the env's noisy scripted expert (``sft_steps``) and a
+held-out evaluation; after the last step: a final evaluation and a report (markdown + PNG).
+
+Departures from the GRPO paper (DeepSeekMath): the loss aggregation defaults to ``token-mean`` (DAPO) rather
+than ``seq-mean-token-mean``; KL is off by default (``kl_coef=0``, as in DAPO / Dr.GRPO); clip-higher is on
+(``eps_high=0.28``); the advantage comes from the chosen credit method, of which outcome-only GRPO (``grpo``)
+is one. The sampler is the policy itself in process, so no weight sync is needed on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from turngym.credit import CREDIT, GroupBatch, assign_credit
+from turngym.credit.signals import run_providers
+from turngym.trainers import common
+from turngym.trainers.checkpoint import capture_rng, load_latest, save_checkpoint
+from turngym.trainers.config import TrainConfig
+from turngym.trainers.forward import batch_logprobs
+from turngym.trainers.losses import overlong_penalty
+from turngym.trainers.nanguard import NanGuard
+from turngym.trainers.report import write_report
+from turngym.trainers.runlog import RunLog
+from turngym.trainers.update import update
+
+
+def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
+    """Run GRPO end to end; returns a summary (success before/after, run directory)."""
+    CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
+    s = common.setup(cfg)
+    optimizer = torch.optim.AdamW([p for p in s.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
+
+    # --- resume or warm start
+    ckpt = load_latest(cfg.run_dir) if cfg.resume and cfg.run_dir else None
+    run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
+                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
+    if ckpt is not None:
+        ckpt.restore(s.model, optimizer)
+        guard.load_state_dict(ckpt.extra.get("nanguard", {}))
+        start, before = ckpt.step, ckpt.extra.get("eval_before", {})
+        run.message(f"resumed from {ckpt.path} at step {start}")
+    else:
+        start = 0
+        if cfg.sft_steps > 0:
+            sft = common.warm_start(cfg, s, lambda st, loss: run.log(0, {"sft/step": st, "sft/loss": loss}, kind="sft"))
+            run.log(0, sft, kind="sft")
+        before, trajs = common.evaluate(cfg, s)
+        run.log(0, before, kind="eval")
+        run.log_trajectories(0, trajs, kind="eval")
+        checkpoint(cfg, run, s.model, optimizer, 0, guard, before)
+    ref_model = frozen_copy(s.model) if cfg.kl_coef > 0 else None
+    providers = common.signal_providers(cfg, s)
+
+    for step in range(start, cfg.steps):
+        t_step = time.perf_counter()
+        torch.manual_seed(cfg.seed * 100_003 + step)  # sampling noise is a function of (seed, step)
+
+        # --- 1. rollout
+        t0 = time.perf_counter()
+        trajs, dapo = sample(cfg, s, step)
+        rollout_s = time.perf_counter() - t0
+        metrics = common.rollout_metrics(trajs) | dapo
+
+        # --- 2. signals (behaviour policy = current weights, before the update)
+        t0 = time.perf_counter()
+        run_providers(trajs, providers)
+        metrics["perf/signals_s"] = time.perf_counter() - t0
+
+        # --- 3. credit
+        t0 = time.perf_counter()
+        batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
+        if cfg.overlong_buffer > 0:
+            lengths = batch.action_mask.sum(1)  # [B]
+            pen = overlong_penalty(lengths, max_len=cfg.max_traj_tokens, buffer_len=cfg.overlong_buffer,
+                                   penalty_factor=cfg.overlong_penalty)
+            batch.outcome = batch.outcome + pen
+            metrics["dapo/overlong_penalty"] = float(pen.mean())
+        if batch.old_logprobs is None:
+            batch.old_logprobs = batch_logprobs(s.model, batch)
+        if ref_model is not None:
+            batch.ref_logprobs = batch_logprobs(ref_model, batch)
+        out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
+        metrics["perf/credit_s"] = time.perf_counter() - t0
+        metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
+        metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
+
+        # --- 4. update (skipped when advantages are not finite)
+        t0 = time.perf_counter()
+        if guard.check(step + 1, advantages=out.advantages):
+            train_m = update(cfg, s.model, optimizer, batch, out)
+            if guard.check(step + 1, loss=train_m["train/loss"]):
+                guard.step_ok()
+            metrics |= train_m
+        update_s = time.perf_counter() - t0
+
+        # --- 5. log, evaluate, checkpoint
+        n_sampled = float(batch.action_mask.sum())
+        metrics |= guard.metrics(step + 1) | {
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "perf/rollout_s": rollout_s, "perf/update_s": update_s, "perf/sync_s": 0.0,
+            "perf/step_s": time.perf_counter() - t_step,
+            "perf/tokens_per_s": n_sampled / max(rollout_s, 1e-9),
+            "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
+            "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
+        }
+        run.log(step + 1, metrics)
+        run.log_trajectories(step + 1, trajs)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(cfg, run, s.model, optimizer, step + 1, guard, before)
+
+    # --- final evaluation, checkpoint and report
+    after, trajs = common.evaluate(cfg, s)
+    run.log(cfg.steps, after, kind="eval")
+    run.log_trajectories(cfg.steps, trajs, kind="eval")
+    checkpoint(cfg, run, s.model, optimizer, cfg.steps, guard, before)
+    summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
+               "success_after": after.get("eval/success"), "steps": cfg.steps, "credit": cfg.credit}
+    if cfg.report:
+        summary["report"] = str(write_report(run.run_dir, cfg, summary))
+    run.message(
+        f"held-out success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
+        f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
+    )
+    run.close()
+    return summary
+
+
+def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str, float]]:
+    """The step's trajectories; with DAPO dynamic sampling, groups whose outcomes are all equal are dropped and
+    fresh tasks are sampled (at most ``dynamic_sampling_max_rounds`` rounds) until ``tasks_per_step`` groups."""
+    seeds = common.task_seeds(cfg, step)
+    trajs, _ = common.rollout(cfg, s, seeds, cfg.group_size)
+    if not cfg.dynamic_sampling:
+        return trajs, {}
+    kept, dropped, rounds = keep_informative(trajs), 0, 1
+    dropped += len(seeds) - len({t.group_id for t in kept})
+    while len({t.group_id for t in kept}) < cfg.tasks_per_step and rounds < cfg.dynamic_sampling_max_rounds:
+        more_seeds = [int(x) for x in np.random.default_rng([cfg.seed, step, rounds]).integers(
+            0, cfg.eval_seed, size=cfg.tasks_per_step)]
+        more, _ = common.rollout(cfg, s, more_seeds, cfg.group_size)
+        fresh = keep_informative(more)
+        dropped += len(more_seeds) - len({t.group_id for t in fresh})
+        kept += fresh
+        rounds += 1
+    groups = list(dict.fromkeys(t.group_id for t in kept))[: cfg.tasks_per_step]
+    kept = [t for t in kept if t.group_id in set(groups)] or trajs  # nothing informative: train on all
+    return kept, {"dapo/dropped_groups": float(dropped), "dapo/rounds": float(rounds)}
+
+
+def keep_informative(trajs: list) -> list:
+    """Trajectories of the groups whose outcomes are not all equal."""
+    by_group: dict[str, list[float]] = {}
+    for t in trajs:
+        by_group.setdefault(t.group_id, []).append(t.outcome)
+    return [t for t in trajs if np.ptp(by_group[t.group_id]) > 0]
+
+
+def zero_var_groups(batch: GroupBatch) -> float:
+    """Fraction of groups whose outcomes are all equal."""
+    g, o = batch.group_index, batch.outcome.nan_to_num(0.0)
+    n = int(g.max()) + 1 if g.numel() else 0
+    if n == 0:
+        return 0.0
+    lo = torch.full((n,), float("inf")).scatter_reduce(0, g.cpu(), o.cpu(), "amin")
+    hi = torch.full((n,), float("-inf")).scatter_reduce(0, g.cpu(), o.cpu(), "amax")
+    return float((hi - lo <= 0).float().mean())
+
+
+def frozen_copy(model):
+    """A frozen copy of the policy for the KL reference."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict) -> None:
+    """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets included)."""
+    run.sync()
+    save_checkpoint(
+        run.run_dir, step, model=model, optimizer=optimizer, data_state={"next_step": step}, config=cfg,
+        keep=cfg.keep_checkpoints, trainable_only=cfg.lora, rng=capture_rng(),
+        extra={"nanguard": guard.state_dict(), "eval_before": before, "runlog": run.state_dict()},
+    )

@@ -1,0 +1,75 @@
+"""Supervised warm start on demonstrations (the scripted experts' trajectories).
+
+Loss: mean negative log-likelihood of the sampled (action) tokens only, exactly the tokens the RL loss
+trains later; prompt and observation tokens get no gradient (same ``action_mask``). Demonstrations come
+from `collect_demonstrations`, which runs the env's scripted expert through the same rollout engine and
+renderer as RL, so SFT and RL see identical token layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from turngym.credit.base import GroupBatch
+from turngym.trainers.forward import chunk_logprobs, iter_chunks
+from turngym.types import Trajectory
+
+
+def collect_demonstrations(env_id: str, tokenizer, renderer, seeds: Sequence[int], *, noise: float | None,
+                           seed: int, env_kwargs: dict | None = None, max_turns: int | None = None,
+                           max_new_tokens: int = 64, max_traj_tokens: int = 768,
+                           successful_only: bool = False) -> list[Trajectory]:
+    """Expert trajectories on ``seeds`` (one per seed), optionally only the successful ones."""
+    from turngym.agents.policy import SamplingParams, ScriptedPolicy
+    from turngym.agents.rollout import collect_rollouts
+
+    expert = ScriptedPolicy(tokenizer, noise=noise, seed=seed)
+    trajs = collect_rollouts(
+        env_id, expert, renderer, seeds=list(seeds), group_size=1, env_kwargs=env_kwargs or {},
+        params=SamplingParams(max_new_tokens=max_new_tokens), max_turns=max_turns,
+        max_traj_tokens=max_traj_tokens,
+    )
+    if successful_only:
+        trajs = [t for t in trajs if t.outcome > 0]
+    return trajs
+
+
+def sft_train(model, trajectories: list[Trajectory], *, steps: int, lr: float, batch_size: int, pad_id: int,
+              seed: int = 0, max_grad_norm: float = 1.0,
+              on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` on the action tokens of ``trajectories`` for ``steps`` AdamW steps.
+
+    Returns:
+        The loss of each step (mean NLL per action token).
+    """
+    if not trajectories:
+        raise ValueError("sft_train got no trajectories; collect demonstrations first (collect_demonstrations).")
+    device = next(model.parameters()).device
+    batch = GroupBatch.from_trajectories(trajectories, pad_id=pad_id).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps)))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for step in range(steps):
+        rows = torch.randperm(batch.batch_size, generator=gen)[:batch_size].to(device)
+        (chunk,) = list(iter_chunks(batch, rows, chunk_size=len(rows)))
+        logp, _, _ = chunk_logprobs(model, chunk)  # [b, l]
+        mask = batch.action_mask[chunk.rows, : chunk.length].float()  # [b, l]
+        loss = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if on_step is not None:
+            on_step(step, float(loss))
+    model.eval()
+    return losses

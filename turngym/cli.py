@@ -1,0 +1,407 @@
+"""The `turngym` command line.
+
+    turngym train [PRESET | FILE.yaml] [key=value ...] [--resume RUN_DIR] [--help-config] [--print-config]
+    turngym presets                      list the training presets
+    turngym envs                         list registered env ids
+    turngym check ENV_ID | module:Class  run turngym.envs.check_env on an env
+    turngym eval ... / turngym rollout ...   (turngym.agents.cli_impl)
+    turngym serve-retriever --corpus FILE --port N   (turngym.tools.search.server)
+    turngym view RUN_DIR [--step N] [-n K]   summary and sampled trajectories of a run
+    turngym bench NAME [args ...]        run benchmarks/NAME.py from a source checkout
+    turngym docs [--check]               regenerate docs/config.md and docs/metrics.md
+
+Every heavy import happens inside the command that needs it, so `turngym --help` and config errors are
+instant. Exit codes: 0 success, 1 a run failed (with a one-line reason), 2 bad usage or configuration
+(nothing was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+#: algo -> "module:function" of its trainer (imported only when the run starts).
+TRAINERS: dict[str, str] = {
+    "grpo": "turngym.trainers.grpo:train",
+    "ppo": "turngym.trainers.ppo:train",
+}
+
+
+class CommandUnavailable(Exception):
+    """A command delegates to a module that is not installed or not written yet."""
+
+
+def _err(prog: str, msg: str) -> None:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+
+
+def _load(target: str, what: str) -> Callable[..., Any]:
+    """Import ``"module:attr"``; a missing module or attribute becomes :class:`CommandUnavailable`."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        missing = err.name or module_name
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise CommandUnavailable(
+                f"{what} is not available: module {module_name!r} is not part of this installation yet."
+            ) from None
+        raise CommandUnavailable(
+            f"{what} needs the package {missing!r}, which is not installed "
+            f"(imported by {module_name}). Install it, e.g. `pip install {missing.split('.')[0]}`."
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise CommandUnavailable(f"{what} is not available: {module_name} has no function {attr!r}.")
+    return fn
+
+
+def _delegate(target: str, what: str, argv: Sequence[str]) -> int:
+    """Call ``target(argv)`` (a ``main``-style function returning an exit code or None)."""
+    try:
+        fn = _load(target, what)
+    except CommandUnavailable as err:
+        _err("turngym", str(err))
+        return EXIT_FAIL
+    rc = fn(list(argv))
+    return int(rc or 0)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _split_train_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    preset: str | None = None
+    overrides: list[str] = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif preset is None and not overrides:
+            preset = item
+        else:
+            from turngym.errors import ConfigError
+
+            raise ConfigError(
+                f"Unexpected argument {item!r}: give at most one preset first, then key=value overrides "
+                "(e.g. `turngym train grpo lr=1e-4`)."
+            )
+    return preset, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from turngym.config import config_help, dump_yaml
+    from turngym.errors import ConfigError
+    from turngym.trainers.config import TrainConfig, resolve_train_config
+
+    if args.help_config:
+        sys.stdout.write(config_help(TrainConfig))
+        return EXIT_OK
+    try:
+        preset, overrides = _split_train_args(args.args)
+        if args.model is not None:
+            from turngym.trainers.config import preset_names
+
+            if preset is None and args.model in preset_names():
+                preset = args.model  # `--model smollm2-135m` alone: that model's preset (LoRA etc.)
+            else:
+                overrides = [f"model={args.model}", *overrides]
+        cfg = resolve_train_config(preset, overrides, resume_dir=args.resume)
+        from turngym.trainers.runlog import check_run_dir_free
+
+        check_run_dir_free(cfg.run_dir, cfg.resume)
+    except ConfigError as err:
+        _err("turngym train", str(err))
+        return EXIT_USAGE
+    if args.print_config:
+        sys.stdout.write(dump_yaml(cfg))
+        return EXIT_OK
+    try:
+        train = _load(TRAINERS[cfg.algo], f"the {cfg.algo} trainer")
+    except CommandUnavailable as err:
+        _err("turngym train", str(err))
+        return EXIT_FAIL
+    train(cfg)
+    return EXIT_OK
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from turngym.trainers.config import preset_description, preset_names, presets_dir
+
+    print(f"presets in {presets_dir()} (use: turngym train PRESET [key=value ...]):")
+    for name in preset_names():
+        print(f"  {name:<14} {preset_description(name)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- envs
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from turngym.envs.registration import list_envs, spec
+
+    ids = list_envs()
+    if not ids:
+        print("no envs registered")
+        return EXIT_OK
+    width = max(len(i) for i in ids)
+    for env_id in ids:
+        s = spec(env_id)
+        entry = s.entry_point if isinstance(s.entry_point, str) else getattr(s.entry_point, "__qualname__", "?")
+        turns = f"max_turns={s.max_turns}" if s.max_turns is not None else ""
+        print(f"{env_id:<{width}}  {entry}  {turns}".rstrip())
+    return EXIT_OK
+
+
+def _make_env(target: str, kwargs: dict[str, Any]) -> Any:
+    """An env from a registered id, or from ``module:Class`` / ``path/to/file.py:Class``."""
+    from turngym.errors import ConfigError
+
+    if ":" in target:
+        module_name, _, attr = target.partition(":")
+        if module_name.endswith(".py"):
+            from importlib import util as import_util
+
+            path = Path(module_name)
+            if not path.is_file():
+                raise ConfigError(f"No file {module_name!r}. Give ENV_ID, module:Class or path/to/file.py:Class.")
+            spec = import_util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = import_util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as err:
+                raise ConfigError(
+                    f"Cannot import module {module_name!r} ({err}). Give ENV_ID, module:Class (importable from the "
+                    "current directory or the installed packages) or path/to/file.py:Class."
+                ) from None
+        cls = getattr(module, attr, None)
+        if cls is None:
+            raise ConfigError(f"Module {module_name!r} has no attribute {attr!r}.")
+        return cls(**kwargs)
+    from turngym import envs
+
+    return envs.make(target, **kwargs)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from turngym.config import parse_value
+    from turngym.errors import ConfigError, RegistryError
+
+    kwargs: dict[str, Any] = {}
+    try:
+        for item in args.kwargs:
+            if "=" not in item:
+                raise ConfigError(f"Bad env argument {item!r}: expected key=value.")
+            k, _, v = item.partition("=")
+            kwargs[k] = parse_value(k, v, Any, text=True)
+        if "" not in sys.path:
+            sys.path.insert(0, "")  # so module:Class finds modules in the current directory
+        env = _make_env(args.env, kwargs)
+    except (ConfigError, RegistryError) as err:
+        _err("turngym check", str(err))
+        return EXIT_USAGE
+    from turngym.envs import check_env
+    from turngym.envs.checker import EnvCheckError
+
+    try:
+        report = check_env(env)
+    except EnvCheckError as err:
+        print(f"FAILED: {args.env}\n{err}")
+        return EXIT_FAIL
+    finally:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, status in report.items():
+            print(f"  {name:<32} {status}")
+        print(f"OK: {args.env} passed {sum(1 for s in report.values() if s == 'ok')} checks")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- view, bench, docs
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from turngym.trainers.runlog import view_run
+
+    return view_run(args.run_dir, step=args.step, n=args.n)
+
+
+def _find_benchmarks() -> Path | None:
+    candidates = [Path.cwd() / "benchmarks", Path(__file__).resolve().parent.parent / "benchmarks"]
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    root = _find_benchmarks()
+    if root is None:
+        _err("turngym bench", "benchmarks live in the source checkout (benchmarks/*.py); run this from a clone.")
+        return EXIT_FAIL
+    names = sorted(p.stem for p in root.glob("*.py") if not p.name.startswith("_"))
+    if args.name is None:
+        print(f"benchmarks in {root}: {', '.join(names) or '(none yet)'}")
+        return EXIT_OK
+    script = root / f"{args.name.removesuffix('.py')}.py"
+    if not script.is_file():
+        from turngym.registry import unknown_name_message
+
+        _err("turngym bench", unknown_name_message("benchmark", args.name, names))
+        return EXIT_USAGE
+    old_argv = sys.argv
+    sys.argv = [str(script), *args.rest]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_FAIL
+    finally:
+        sys.argv = old_argv
+    return EXIT_OK
+
+
+CONFIG_DOC_INTRO = """\
+Every field of `TrainConfig` (`turngym/trainers/config.py`), the one config of `turngym train`.
+Set any field on the command line with `key=value` (after an optional preset name), e.g.
+`turngym train grpo lr=1e-4 group_size=4`; dict fields also take `name.key=value`
+(`env_kwargs.num_hops=3`). Presets in `turngym/configs/*.yaml` are partial dumps of this dataclass
+applied over the defaults below (`turngym presets` lists them); a run directory's `config.yaml` is the
+full dump. Unknown keys, bad values and impossible combinations stop with exit code 2 before anything is
+written. Generated by `turngym docs`; a test checks it is up to date."""
+
+
+def render_config_doc() -> str:
+    """``docs/config.md``, generated from `TrainConfig` and the presets."""
+    from turngym.config import config_markdown
+    from turngym.trainers.config import TrainConfig, preset_description, preset_names
+
+    text = config_markdown(TrainConfig, title="Training configuration", intro=CONFIG_DOC_INTRO)
+    rows = ["", "## Presets", "", "| preset | description |", "| --- | --- |"]
+    rows += [f"| `{n}` | {preset_description(n)} |" for n in preset_names()]
+    return text + "\n".join(rows) + "\n"
+
+
+def _docs() -> dict[str, Callable[[], str]]:
+    from turngym.trainers.runlog import render_metrics_doc
+
+    return {"config.md": render_config_doc, "metrics.md": render_metrics_doc}
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    stale = []
+    for name, render in _docs().items():
+        text = render()
+        path = out_dir / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        _err("turngym docs", f"out of date: {', '.join(stale)}; run `turngym docs` to regenerate.")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="turngym",
+        description="RL for multi-turn LLM agents: `turngym train` runs the embedded default on a CPU.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a policy (GRPO/PPO) from a preset and key=value overrides",
+                       description="Train from PRESET (default: 'default') or a YAML file, overridden by key=value. "
+                       "`turngym presets` lists the presets; --help-config lists the keys.")
+    t.add_argument("args", nargs="*", metavar="PRESET|key=value", help="an optional preset, then overrides")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest good checkpoint")
+    t.add_argument("--model", help="model=... ; alone, a model with its own preset uses it (--model smollm2-135m)")
+    t.add_argument("--help-config", action="store_true", help="list every config key with its type, default, meaning")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    t.set_defaults(func=cmd_train)
+
+    sub.add_parser("presets", help="list the training presets").set_defaults(func=cmd_presets)
+    sub.add_parser("envs", help="list registered env ids").set_defaults(func=cmd_envs)
+
+    c = sub.add_parser("check", help="run check_env on an env id or module:Class")
+    c.add_argument("env", metavar="ENV_ID|module:Class")
+    c.add_argument("kwargs", nargs="*", metavar="key=value", help="constructor keyword arguments")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_check)
+
+    for name, target, text in (
+        ("eval", "turngym.agents.cli_impl:eval_main", "evaluate a policy on held-out tasks"),
+        ("rollout", "turngym.agents.cli_impl:rollout_main", "sample trajectories with a policy"),
+        ("serve-retriever", "turngym.tools.search.server:main", "serve a BM25 corpus over HTTP (loopback)"),
+    ):
+        d = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+        d.add_argument("rest", nargs=argparse.REMAINDER)
+        d.set_defaults(func=lambda a, _t=target, _n=name: _delegate(_t, f"`turngym {_n}`", a.rest))
+
+    v = sub.add_parser("view", help="show a run's curve and sampled trajectories")
+    v.add_argument("run_dir")
+    v.add_argument("--step", type=int, default=None, help="step whose trajectories to show (default: latest)")
+    v.add_argument("-n", type=int, default=2, help="how many trajectories")
+    v.set_defaults(func=cmd_view)
+
+    b = sub.add_parser("bench", help="run a benchmark script (benchmarks/NAME.py)")
+    b.add_argument("name", nargs="?")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+
+    dd = sub.add_parser("docs", help="regenerate docs/config.md and docs/metrics.md")
+    dd.add_argument("--out", default="docs")
+    dd.add_argument("--check", action="store_true", help="only check they are up to date")
+    dd.set_defaults(func=cmd_docs)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `turngym` console script; returns the exit code."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from turngym.errors import ConfigError, TurngymError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        _err(f"turngym {args.command}", str(err))
+        return EXIT_USAGE
+    except TurngymError as err:
+        if os.environ.get("TURNGYM_DEBUG"):
+            traceback.print_exc()
+        _err(f"turngym {args.command}", f"{type(err).__name__}: {err}")
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        _err(f"turngym {args.command}", "interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

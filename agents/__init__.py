@@ -24,7 +24,13 @@ from turngym.agents.policy import (
 )
 from turngym.agents.render import Renderer
 from turngym.agents.rollout import SAMPLERS, RolloutEngine, RolloutStats, collect_rollouts
-from turngym.agents.tiny import MODEL_PRESETS, TINY_SIZES, build_tiny_policy, build_tokenizer, load_policy_model
+from turngym.agents.tiny import (
+    MODEL_PRESETS,
+    TINY_SIZES,
+    build_tiny_policy,
+    build_tokenizer,
+    load_policy_model,
+)
 
 __all__ = [
     "MODEL_PRESETS",

@@ -59,7 +59,7 @@ class CompletionServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path.rstrip("/") in ("/v1/models", "/models"):
                     self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model"}]})
                 elif self.path.rstrip("/") in ("/health", "/v1/health"):
@@ -67,7 +67,7 @@ class CompletionServer:
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.path.rstrip("/") not in ("/v1/completions", "/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
@@ -100,7 +100,7 @@ class CompletionServer:
     def __enter__(self) -> CompletionServer:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _prompts(self, prompt: Any) -> list[list[int]]:

@@ -18,8 +18,9 @@ log-probs are still the raw model's (the convention of verl/TRL, which recompute
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from turngym.errors import ConfigError, MissingExtraError
 from turngym.registry import Registry
@@ -160,7 +161,6 @@ class HFPolicy:
         prefix_cache_bytes: int = 2 << 30,
     ):
         import torch
-
         from turngym.agents.kv import PrefixCache, cache_support
 
         self.model = model
@@ -181,6 +181,11 @@ class HFPolicy:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream at ``seed`` (trainers call it once per step, so resumed runs
+        draw the same tokens)."""
+        self._gen.manual_seed(int(seed))
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
                  ) -> list[Sample]:
@@ -245,7 +250,6 @@ class HFPolicy:
 
     def _generate_batch(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
         import torch
-
         from turngym.agents.kv import Entry, new_cache
 
         dev = self.device
@@ -348,7 +352,8 @@ def _cache_kwarg(model) -> str:
     """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older), whichever ``forward`` takes."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps forward(**kwargs)
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -397,6 +402,12 @@ class ScriptedPolicy:
         self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.eot_id = eot_id if eot_id is not None else _eot_of(tokenizer)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the expert's mistake generator from `seed`."""
+        import numpy as np
+
+        self.rng = np.random.default_rng(seed)
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
                  ) -> list[Sample]:
@@ -576,7 +587,7 @@ class VLLMPolicy:
 
         self.tokenizer = tokenizer
         self.stop_token_ids = default_stop_ids(tokenizer)
-        kw = dict(seed=seed, skip_tokenizer_init=False, enable_prefix_caching=True)
+        kw: dict[str, Any] = {"seed": seed, "skip_tokenizer_init": False, "enable_prefix_caching": True}
         kw.update(engine_kwargs)
         try:
             self.llm = LLM(model=model_path, logprobs_mode="raw_logprobs", **kw)

@@ -27,7 +27,8 @@ instead (``tools_in_system="auto"``), so the model still sees them.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from turngym.errors import RenderError
 from turngym.types import Message

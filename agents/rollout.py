@@ -32,13 +32,15 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from turngym.agents.policy import Sample, SamplingParams, decode_action, with_max_new_tokens
 from turngym.agents.render import Renderer
+
 from turngym.errors import ConfigError, EnvError
 from turngym.registry import Registry
 from turngym.types import Trajectory, Turn, write_jsonl
@@ -61,7 +63,7 @@ def jsonable(d: dict[str, Any], drop: Iterable[str] = ()) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(eq=False)
 class Episode:
     """One running episode (engine-internal; exposed for samplers and tests)."""
 
@@ -187,7 +189,7 @@ class RolloutEngine:
     def __enter__(self) -> RolloutEngine:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _renderer_for(self, env: Any) -> Renderer:
@@ -492,12 +494,13 @@ def sample_truncated_step(
     paths = [engine.new_episode(s) for s in seeds]
     rows: list[Trajectory] = []
     for t in range(max_steps):
-        live = [p for p in paths if not p.done]
+        live = [i for i, p in enumerate(paths) if not p.done]
         if not live:
             break
-        cands = [[engine.clone(p) for _ in range(k)] for p in live]
+        cands = [[engine.clone(paths[i]) for _ in range(k)] for i in live]
         engine.step_round([c for cs in cands for c in cs])
-        for i, (p, cs) in enumerate(zip(live, cands)):
+        for i, cs in zip(live, cands):
+            p = paths[i]
             rewards = [score(c.traj.turns[-1]) for c in cs]
             adv = group_normalize(rewards)
             if eta <= 0:
@@ -529,7 +532,7 @@ def sample_truncated_step(
                 if c_i != j:
                     engine.release(c)
             engine.release(p)
-            paths[paths.index(p)] = chosen
+            paths[i] = chosen
     for p in paths:
         engine.release(p)
     if engine.out is not None:
@@ -642,6 +645,9 @@ def collect_rollouts(
         trajs = fn(engine, list(seeds), group_size, **(sampler_kwargs or {}))
     finally:
         engine.close()
+        clear = getattr(policy, "clear_cache", None)
+        if clear is not None:  # the KV prefix cache is per rollout: free its memory for training
+            clear()
     engine.stats.wall_s = time.perf_counter() - t0
     return (trajs, engine.stats) if return_stats else trajs
 

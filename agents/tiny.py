@@ -30,9 +30,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from turngym.errors import ConfigError, MissingExtraError
 from turngym.registry import Registry
@@ -176,7 +177,6 @@ def env_texts(env_id: str, n_seeds: int = 64, expert_noise: float = 0.3, env_kwa
     yielding every message content, action and the JSON tool schemas.
     """
     import numpy as np
-
     from turngym.envs import make
 
     env = make(env_id, **(env_kwargs or {}))

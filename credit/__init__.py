@@ -26,7 +26,7 @@ from turngym.credit.base import (
 )
 from turngym.credit.groups import broadcast, group_norm, reverse_discounted_cumsum
 
-_METHOD_MODULES = ["outcome", "igpo", "matchtir", "siop", "slate", "gigpo", "token"]
+_METHOD_MODULES = ["outcome", "igpo", "matchtir", "siop", "slate", "gigpo", "token", "team"]
 for _m in _METHOD_MODULES:
     if importlib.util.find_spec(f"turngym.credit.{_m}") is not None:
         importlib.import_module(f"turngym.credit.{_m}")

@@ -10,6 +10,8 @@ Contract for anyone adding a method (e.g. the token-level methods in ``credit/to
   Shapes: ``B`` rows, ``L`` response tokens, ``K`` turns (= max turns in the batch), ``P`` prompt tokens.
   The *response axis* starts right after the prompt: ``response_ids[b]`` is the concatenation over turns of
   ``action_ids`` then ``obs_ids``; the trainer packs ``prompt_ids`` (left-padded) + ``response_ids``.
+  ``attention_mask`` is on the response axis ``[B, L]`` (spec §2.1 shows ``[B, P+L]``: that is
+  ``full_attention_mask()``, with ``input_ids()`` the matching packed ids).
 * ``turn_id[b, l]`` is the turn index ``k`` on policy (sampled) tokens of turn ``k`` and −1 on observation and
   padding tokens; never infer turn boundaries from reward values. ``turn_last[b, k]`` is the last policy token of
   turn ``k`` (−1 if the turn has none). ``turn_mask[b, k]`` is True for the ``T_b`` turns of row ``b``.
@@ -19,8 +21,11 @@ Contract for anyone adding a method (e.g. the token-level methods in ``credit/to
   NaN on invalid turns; ``ratio_level`` in {"token", "turn", "sequence"}; optional ``clip_scale`` ``[B, L]``
   (1 where not used) and ``returns`` ``[B, L]`` (critic targets, GAE only). Put statistics in ``diagnostics``
   (use `standard_diagnostics`).
-* Helpers: `turngym.credit.groups` (``group_norm``, ``reverse_discounted_cumsum``, ``broadcast``,
-  ``turn_rewards_to_token_rewards``).
+* Helpers: `turngym.credit.groups` (``group_norm``, ``group_norm_masked``, ``reverse_discounted_cumsum``,
+  ``broadcast``, ``turn_rewards_to_token_rewards``); ``batch.broadcast_turns(v)`` (cached index, fastest);
+  `finish` builds the `CreditOutput` of a method that assigns one value per turn.
+* Batch tensors are treated as immutable once built (cached indices); build a new batch or use
+  ``dataclasses.replace`` to change them.
 """
 
 from __future__ import annotations
@@ -268,6 +273,10 @@ class GroupBatch:
             raise CreditError("turns are not ordered along the response axis.")
         if bool(((self.turn_id >= 0) & ~torch.gather(self.turn_mask, 1, self.turn_id.clamp(min=0))).any()):
             raise CreditError("a policy token points to an invalid turn.")
+        from turngym.credit.groups import turn_last_index
+
+        if not torch.equal(turn_last_index(self.turn_id, k), self.turn_last):
+            raise CreditError("turn_last must be the index of each turn's last policy token (−1 if none).")
 
     # ------------------------------------------------------------ building
     @classmethod

@@ -68,6 +68,16 @@ def dense_ids(key: Tensor) -> tuple[Tensor, int]:
     return inv, int(uniq.numel())
 
 
+def _scatter_ids(key: Tensor) -> tuple[Tensor, int]:
+    """Ids usable as scatter indices: the key itself when it is small and non-negative (no sort), else dense ids.
+    Empty slots are harmless (count 0)."""
+    k = key.long()
+    lo, hi = int(k.min()), int(k.max())
+    if lo >= 0 and hi < 4 * k.numel() + 64:
+        return k, hi + 1
+    return dense_ids(k)
+
+
 def composite_key(group_index: Tensor, k: Tensor, k_max: int) -> Tensor:
     """``group_index * k_max + k``: one id per (group, turn-ordinal) pair (A²TGPO, MatchTIR)."""
     return group_index.long() * int(k_max) + k.long()
@@ -101,7 +111,7 @@ def group_norm_with_stats(
     ok = torch.isfinite(xd)
     if valid is not None:
         ok = ok & valid.bool()
-    inv, n_keys = dense_ids(key)
+    inv, n_keys = _scatter_ids(key)
     w = ok.double()
     xz = torch.where(ok, xd, torch.zeros_like(xd))
     cnt = torch.zeros(n_keys, dtype=torch.float64, device=x.device).scatter_add_(0, inv, w)
@@ -210,7 +220,7 @@ def reverse_discounted_cumsum(v: Tensor, turn_mask: Tensor, gamma: float) -> Ten
                          f"v{tuple(v.shape)}, turn_mask{tuple(turn_mask.shape)}.")
     m = turn_mask.bool()
     vz = torch.where(m & torch.isfinite(v), v, torch.zeros_like(v))
-    b, k = vz.shape
+    k = vz.shape[1]
     if 0 < k <= 64:
         # closed form: out_k = Σ_{j ≥ k, valid} γ^(c_j − c_k) v_j with c = cumsum(mask) (invalid turns cost no step)
         upper = torch.ones(k, k, dtype=torch.bool, device=v.device).triu()

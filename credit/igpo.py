@@ -179,8 +179,9 @@ def igpo(batch: GroupBatch, cfg: IGPOConfig) -> CreditOutput:
                                       batch.turn_mask, cfg)
     n_bearing = int((batch.turn_mask.sum(1) - 1).clamp(min=0).sum())
     fin = torch.isfinite(ig)
-    extra = {"ig_missing": float(n_bearing - int(fin.sum())),
-             "ig_mean": float(ig[fin].double().mean()) if bool(fin.any()) else 0.0}
+    n_fin = int(fin.sum())
+    extra = {"ig_missing": float(n_bearing - n_fin),
+             "ig_mean": float(torch.where(fin, ig.double(), 0.0).sum()) / n_fin if n_fin else 0.0}
     return finish(batch, adv, r, stats={"turn": st}, extra=extra)
 
 
@@ -267,8 +268,9 @@ def a2tgpo(batch: GroupBatch, cfg: A2TGPOConfig) -> CreditOutput:
     k = torch.arange(batch.max_turns, device=batch.turn_mask.device)[None, :]
     last = batch.turn_mask & (k == batch.turn_mask.sum(1, keepdim=True) - 1)
     raw = torch.where(last, out[:, None].expand_as(ig), ig)
+    n_turns = int(batch.turn_mask.sum())
     extra = {
-        "clip_scale_mean": float(c_turn[batch.turn_mask].double().mean()) if bool(batch.turn_mask.any()) else 1.0,
+        "clip_scale_mean": float(torch.where(batch.turn_mask, c_turn.double(), 0.0).sum()) / n_turns if n_turns else 1.0,
         "ig_turns_per_traj": float(torch.isfinite(ig).sum(1).double().mean()),
     }
     return finish(batch, a_turn, raw, ratio_level="turn", turn_clip=c_turn if cfg.dynamic_turn_clip else None,

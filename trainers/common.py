@@ -88,12 +88,18 @@ def sampling_params(cfg: TrainConfig, *, temperature: float | None = None):
 
 
 def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
-            policy: Any = None) -> tuple[list[Trajectory], Any]:
-    """Roll out ``group_size`` trajectories per seed with the current policy; returns (trajectories, stats)."""
+            policy: Any = None, sample_seed: int | None = None) -> tuple[list[Trajectory], Any]:
+    """Roll out ``group_size`` trajectories per seed with the current policy; returns (trajectories, stats).
+
+    ``sample_seed`` seeds the sampler for this call, so a resumed run draws the same tokens.
+    """
     from turngym.agents.rollout import collect_rollouts
 
+    policy = policy or s.policy
+    if sample_seed is not None and hasattr(policy, "reseed"):
+        policy.reseed(sample_seed)
     return collect_rollouts(
-        cfg.env_id, policy or s.policy, s.renderer, seeds, group_size, sampler=cfg.sampler,
+        cfg.env_id, policy, s.renderer, seeds, group_size, sampler=cfg.sampler,
         params=sampling_params(cfg, temperature=temperature), max_turns=cfg.max_turns,
         max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
     )
@@ -220,4 +226,34 @@ def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
                                                                    sig.hf_tokenize(s.tokenizer))]
     if name == "slate":
         return [sig.RuleStepJudgeProvider()]
+    if name == "pure":  # no PRM model on the built-in envs: the rule judge's step score is the PR value
+        return [sig.RuleStepJudgeProvider(), rule_prm]
     return []
+
+
+def rule_prm(trajs: list[Trajectory]) -> list[Trajectory]:
+    """PURE's ``prm`` turn signal from the rule judge's ``judge_action`` (PR in {-1, 0, +1}), no PRM model."""
+    for t in trajs:
+        for u in t.turns:
+            u.signals["prm"] = u.signals.get("judge_action", math.nan)
+    return trajs
+
+
+@torch.no_grad()
+def token_features(cfg: TrainConfig, s: Setup, batch: Any, chunk_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per-token inputs a credit method reads from ``GroupBatch.token_features``; DelTA (``credit=delta``) reads
+    the policy's last hidden state ``[B, L, H]`` (the lm_head input that scores each response token)."""
+    if cfg.credit != "delta":
+        return {}
+    from turngym.trainers.forward import chunk_logprobs, iter_chunks
+
+    was_training = s.model.training
+    s.model.eval()
+    hidden = None
+    for chunk in iter_chunks(batch, torch.arange(batch.batch_size, device=batch.response_ids.device), chunk_size):
+        _, _, h = chunk_logprobs(s.model, chunk, with_hidden=True)  # [b, l, H]
+        if hidden is None:
+            hidden = torch.zeros((*batch.response_ids.shape, h.shape[-1]), dtype=torch.float32, device=h.device)
+        hidden[chunk.rows, : chunk.length] = h.float()
+    s.model.train(was_training)
+    return {cfg.credit_overrides.get("hidden_key", "hidden"): hidden}

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from turngym.errors import ConfigError
 
-Algo = Literal["grpo", "ppo"]
+Algo = Literal["grpo", "ppo", "multi"]
+MultiMode = Literal["shared", "separate", "self_play"]
 RatioLevel = Literal["auto", "token", "turn", "sequence"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLType = Literal["k1", "k2", "k3", "k1+", "k3+"]
@@ -76,7 +77,7 @@ class TrainConfig:
 
     # --- algorithm
     algo: Algo = "grpo"
-    """Trainer: "grpo" (critic-free, group baselines) or "ppo" (value head or critic, GAE/BAD credit)."""
+    """Trainer: "grpo" (critic-free, group baselines), "ppo" (value head or critic, GAE/BAD credit) or "multi" (multi-agent envs)."""
     credit: str = "a2tgpo"
     """Credit-assignment method, a key of `turngym.credit.CREDIT` (e.g. grpo, a2tgpo, matchtir, siop, gigpo)."""
     credit_overrides: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +134,14 @@ class TrainConfig:
     """PPO critic: a value "head" on the policy or a "separate" model of the same architecture."""
     critic_lr: float | None = None
     """Learning rate of a separate critic; none uses lr."""
+
+    # --- multi-agent (algo=multi)
+    multi_mode: MultiMode = "separate"
+    """Multi-agent training: "shared" (one policy, role prompts), "separate" (one policy and optimizer per role) or "self_play" (one learner against frozen past snapshots)."""
+    selfplay_every: int = 5
+    """self_play: add a frozen snapshot of the learner to the opponent pool every N steps."""
+    selfplay_pool: int = 4
+    """self_play: most frozen snapshots kept in the opponent pool (oldest dropped first)."""
 
     # --- dapo switches
     dynamic_sampling: bool = False
@@ -296,7 +305,8 @@ def _nearest(values: list[int], target: int) -> list[int]:
 def _check_positive(c: TrainConfig) -> str:
     for name in ("group_size", "tasks_per_step", "minibatch_size", "grad_accum", "ppo_epochs", "max_new_tokens",
                  "max_traj_tokens", "log_every", "keep_checkpoints", "sft_batch_size", "rollout_workers",
-                 "max_nonfinite_steps", "lora_r", "lora_alpha", "dynamic_sampling_max_rounds"):
+                 "max_nonfinite_steps", "lora_r", "lora_alpha", "dynamic_sampling_max_rounds", "selfplay_every",
+                 "selfplay_pool"):
         v = getattr(c, name)
         if v < 1:
             return f"{name}={v} must be >= 1. Fix: {name}=1 or more."

@@ -76,7 +76,6 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
 
     for step in range(start, cfg.steps):
         t_step = time.perf_counter()
-        torch.manual_seed(cfg.seed * 100_003 + step)  # sampling noise is a function of (seed, step)
 
         # --- 1. rollout
         t0 = time.perf_counter()
@@ -102,6 +101,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             batch.old_logprobs = batch_logprobs(s.model, batch)
         if ref_model is not None:
             batch.ref_logprobs = batch_logprobs(ref_model, batch)
+        batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
         out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
         metrics["perf/credit_s"] = time.perf_counter() - t0
         metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
@@ -154,7 +154,7 @@ def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str
     """The step's trajectories; with DAPO dynamic sampling, groups whose outcomes are all equal are dropped and
     fresh tasks are sampled (at most ``dynamic_sampling_max_rounds`` rounds) until ``tasks_per_step`` groups."""
     seeds = common.task_seeds(cfg, step)
-    trajs, _ = common.rollout(cfg, s, seeds, cfg.group_size)
+    trajs, _ = common.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
     if not cfg.dynamic_sampling:
         return trajs, {}
     kept, dropped, rounds = keep_informative(trajs), 0, 1
@@ -162,7 +162,7 @@ def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str
     while len({t.group_id for t in kept}) < cfg.tasks_per_step and rounds < cfg.dynamic_sampling_max_rounds:
         more_seeds = [int(x) for x in np.random.default_rng([cfg.seed, step, rounds]).integers(
             0, cfg.eval_seed, size=cfg.tasks_per_step)]
-        more, _ = common.rollout(cfg, s, more_seeds, cfg.group_size)
+        more, _ = common.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
         fresh = keep_informative(more)
         dropped += len(more_seeds) - len({t.group_id for t in fresh})
         kept += fresh
@@ -170,6 +170,11 @@ def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str
     groups = list(dict.fromkeys(t.group_id for t in kept))[: cfg.tasks_per_step]
     kept = [t for t in kept if t.group_id in set(groups)] or trajs  # nothing informative: train on all
     return kept, {"dapo/dropped_groups": float(dropped), "dapo/rounds": float(rounds)}
+
+
+def step_seed(cfg: TrainConfig, step: int, round_: int) -> int:
+    """Sampler seed of a step's sampling round: a pure function of (seed, step, round)."""
+    return int(np.random.default_rng([cfg.seed, step, round_, 11]).integers(2**31))
 
 
 def keep_informative(trajs: list) -> list:

@@ -103,6 +103,7 @@ METRICS: dict[str, str] = {
     "train/approx_kl": "Approximate KL between the behaviour and the updated policy (mean of k3 over action tokens).",
     "train/grad_norm": "Global gradient norm before clipping, mean over optimizer steps.",
     "train/lr": "Learning rate at the end of the step.",
+    "train/critic_lr": "Learning rate of the critic's parameter group at the end of the step (PPO only).",
     "train/optimizer_steps": "Optimizer steps taken in this step (ppo_epochs x minibatches, minus skipped ones).",
     # --- performance
     "perf/step_s": "Wall seconds of the whole step.",
@@ -130,6 +131,11 @@ METRICS: dict[str, str] = {
     "sft/lr": "SFT learning rate.",
     "sft/episodes": "Expert demonstration episodes in the SFT data.",
     "sft/expert_success": "Success rate of the noisy scripted expert on the SFT episodes.",
+    # --- multi-agent trainer (algo=multi)
+    "multi/*": "Multi-agent trainer: per-role rollout and evaluation metrics (`multi/<role>/reward`, "
+    "`multi/eval/<role>/success`, ...), per-learner update and credit metrics (`multi/<learner>/train/loss`, "
+    "`multi/<learner>/credit/adv_std`), team success per episode (`multi/team_success`) and self-play pool size "
+    "(`multi/pool_size`); see `turngym.trainers.multi`.",
     # --- non-finite guard
     "nonfinite/skipped": "1 when this step was skipped because its loss or advantages were NaN/inf.",
     "nonfinite/consecutive": "Consecutive skipped steps so far (the run stops at max_nonfinite_steps).",

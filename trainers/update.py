@@ -57,7 +57,8 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                 continue
             for chunk in iter_chunks(batch, rows, chunk_size or cfg.minibatch_size):
                 r, sl = chunk.rows, slice(0, chunk.length)
-                logp, entropy, _ = chunk_logprobs(model, chunk, with_entropy=True)  # [b, l]
+                want_hidden = getattr(critic, "uses_policy_hidden", False)  # value head on the policy's trunk
+                logp, entropy, hidden = chunk_logprobs(model, chunk, with_entropy=True, with_hidden=want_hidden)
                 loss, m = policy_loss(
                     logp, batch.old_logprobs[r, sl], out.advantages[r, sl], batch.action_mask[r, sl],
                     batch.turn_id[r, sl], eps_low=cfg.eps_low, eps_high=cfg.eps_high,
@@ -69,11 +70,11 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
                 )
                 if critic is not None:
-                    values = critic(chunk)  # [b, l]
+                    values = critic(chunk, hidden) if want_hidden else critic(chunk)  # [b, l]
                     vloss, vm = value_loss(values, batch.values[r, sl], out.returns[r, sl], batch.action_mask[r, sl],
                                            clip_eps=cfg.value_clip, global_tokens=n_tokens, global_seqs=n_seqs)
                     loss = loss + cfg.value_coef * vloss
-                    m = {**m, **{f"value_{k}" if not k.startswith("value") else k: v for k, v in vm.items()}}
+                    m = {**m, **{f"value/{k}": v for k, v in vm.items()}}
                 if not torch.isfinite(loss):
                     bad = True
                     break
@@ -114,7 +115,9 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
     if "kl" in sums:
         metrics["train/kl"] = sums["kl"] / n
     if critic is not None:
-        metrics["train/value_loss"] = sums.get("value_loss", math.nan) / n
+        metrics["train/value_loss"] = sums.get("value/vf_loss", math.nan) / n
+        metrics["train/value_mean"] = sums.get("value/vpred_mean", math.nan) / n
+        metrics["train/explained_var"] = sums.get("value/vf_explained_var", math.nan) / n
     if counts == 0 and skipped:
         metrics["train/loss"] = math.nan  # every minibatch was non-finite: the NaN guard sees it
     return metrics

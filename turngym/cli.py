@@ -6,8 +6,8 @@
     turngym check ENV_ID | module:Class  run turngym.envs.check_env on an env
     turngym eval ... / turngym rollout ...   (turngym.agents.cli_impl)
     turngym serve-retriever --corpus FILE --port N   (turngym.tools.search.server)
-    turngym view RUN_DIR [--step N] [-n K]   summary and sampled trajectories of a run
-    turngym bench NAME [args ...]        run benchmarks/NAME.py from a source checkout
+    turngym view RUN_DIR_OR_JSONL [--out FILE] [--serve --port N]   HTML viewer (--text: terminal summary)
+    turngym bench NAME [args ...]        credit-accuracy / study (turngym.bench), or benchmarks/NAME.py
     turngym docs [--check]               regenerate docs/config.md and docs/metrics.md
 
 Every heavy import happens inside the command that needs it, so `turngym --help` and config errors are
@@ -32,6 +32,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 TRAINERS: dict[str, str] = {
     "grpo": "turngym.trainers.grpo:train",
     "ppo": "turngym.trainers.ppo:train",
+    "multi": "turngym.trainers.multi:train",
 }
 
 
@@ -238,9 +239,31 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from turngym.trainers.runlog import view_run
+    if args.text:
+        from turngym.trainers.runlog import view_run
 
-    return view_run(args.run_dir, step=args.step, n=args.n)
+        return max(view_run(p, step=args.step, n=args.n) for p in args.paths)
+    from turngym.viewer import make_server, write_page
+
+    opts: dict[str, Any] = {"max_trajectories": args.max_trajectories}
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        opts["tokenizer"] = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.serve:
+        server = make_server(args.paths, port=args.port, **opts)
+        print(f"serving the viewer on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return EXIT_OK
+    first = Path(args.paths[0])
+    out = Path(args.out) if args.out else (first / "view.html" if first.is_dir() else first.with_suffix(".html"))
+    print(f"wrote {write_page(args.paths, out, **opts)}")
+    return EXIT_OK
 
 
 def _find_benchmarks() -> Path | None:
@@ -251,19 +274,23 @@ def _find_benchmarks() -> Path | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
+    from turngym.bench import BENCHMARKS  # packaged benchmarks (credit-accuracy, study): work from a wheel too
+
+    if args.name in BENCHMARKS:
+        return _delegate(BENCHMARKS[args.name], f"`turngym bench {args.name}`", args.rest)
     root = _find_benchmarks()
     if root is None:
         _err("turngym bench", "benchmarks live in the source checkout (benchmarks/*.py); run this from a clone.")
         return EXIT_FAIL
     names = sorted(p.stem for p in root.glob("*.py") if not p.name.startswith("_"))
     if args.name is None:
-        print(f"benchmarks in {root}: {', '.join(names) or '(none yet)'}")
+        print(f"benchmarks: {', '.join(sorted(BENCHMARKS))} (packaged); in {root}: {', '.join(names) or '(none yet)'}")
         return EXIT_OK
     script = root / f"{args.name.removesuffix('.py')}.py"
     if not script.is_file():
         from turngym.registry import unknown_name_message
 
-        _err("turngym bench", unknown_name_message("benchmark", args.name, names))
+        _err("turngym bench", unknown_name_message("benchmark", args.name, [*BENCHMARKS, *names]))
         return EXIT_USAGE
     old_argv = sys.argv
     sys.argv = [str(script), *args.rest]
@@ -360,10 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("rest", nargs=argparse.REMAINDER)
         d.set_defaults(func=lambda a, _t=target, _n=name: _delegate(_t, f"`turngym {_n}`", a.rest))
 
-    v = sub.add_parser("view", help="show a run's curve and sampled trajectories")
-    v.add_argument("run_dir")
-    v.add_argument("--step", type=int, default=None, help="step whose trajectories to show (default: latest)")
-    v.add_argument("-n", type=int, default=2, help="how many trajectories")
+    v = sub.add_parser("view", help="write an HTML page of runs' curves, trajectories and token credit",
+                       description="Write a self-contained HTML page (no network needed) of run directories or "
+                       "trajectory JSONL files: curves, trajectories by task, tokens coloured by advantage.")
+    v.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_JSONL")
+    v.add_argument("--out", help="HTML file to write (default: RUN_DIR/view.html or FILE.html)")
+    v.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 instead (rebuilt per request)")
+    v.add_argument("--port", type=int, default=8765, help="port for --serve (0: any free port)")
+    v.add_argument("--tokenizer", help="tokenizer directory to decode tokens of trajectories without annotations")
+    v.add_argument("--max-trajectories", type=int, default=400, help="per input, keep the last N trajectories")
+    v.add_argument("--text", action="store_true", help="print a terminal summary instead (run directories)")
+    v.add_argument("--step", type=int, default=None, help="--text: step whose trajectories to show (default: latest)")
+    v.add_argument("-n", type=int, default=2, help="--text: how many trajectories")
     v.set_defaults(func=cmd_view)
 
     b = sub.add_parser("bench", help="run a benchmark script (benchmarks/NAME.py)")

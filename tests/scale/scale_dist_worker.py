@@ -1,0 +1,97 @@
+"""Run under ``torchrun --standalone --nproc_per_node 2 scale_dist_worker.py OUT.json`` (gloo, CPU).
+
+Builds a tiny random Llama and a synthetic multi-turn batch of 3 GRPO groups x 2 trajectories. The reference is
+`turngym.trainers.update.update` on ONE process over the whole batch (one minibatch, SGD, no clipping). Then, for
+each (strategy, loss aggregation), every rank trains on its own whole groups (rank 0: 4 rows, rank 1: 2 rows)
+with `dp_update`, and rank 0 writes: the distributed loss, the reference loss, the largest weight difference to
+the reference, the largest weight difference between ranks, and what a LOCAL token mean would have given.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+
+
+def synthetic_trajectories(vocab: int, seed: int = 0):
+    from turngym.types import Trajectory, Turn
+
+    g = torch.Generator().manual_seed(seed)
+    trajs = []
+    for group in range(3):
+        prompt = torch.randint(3, vocab, (4 + group,), generator=g).tolist()
+        for member in range(2):
+            turns = []
+            for k in range(2):
+                n = int(torch.randint(2, 7, (1,), generator=g))
+                ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+                lps = (-torch.rand(n, generator=g) * 3).tolist()  # behaviour log-probs != current: ratios != 1
+                obs = torch.randint(3, vocab, (3,), generator=g).tolist() if k == 0 else []
+                turns.append(Turn(action_ids=ids, logprobs=lps, obs_ids=obs))
+            trajs.append(Trajectory(group_id=f"g{group}", agent_id="agent", prompt_ids=prompt, turns=turns,
+                                    outcome=float((group + member) % 2), seed=group))
+    return trajs
+
+
+def batch_and_credit(trajs):
+    from turngym.credit import GroupBatch, assign_credit
+
+    batch = GroupBatch.from_trajectories(trajs, pad_id=0)
+    return batch, assign_credit("grpo", batch)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from turngym.trainers.config import TrainConfig
+    from turngym.trainers.distributed import (dp_update, full_state_dict, init_distributed, max_weight_divergence,
+                                              shard_groups, wrap_model, destroy_distributed)
+    from turngym.trainers.update import update
+
+    info = init_distributed()
+    assert info.world_size == 2, info
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    trajs = synthetic_trajectories(48)
+    results = {}
+    for strategy, agg in [("ddp", "token-mean"), ("ddp", "seq-mean-token-mean"), ("fsdp2", "token-mean")]:
+        cfg = TrainConfig(tasks_per_step=3, group_size=4, minibatch_size=12, ppo_epochs=1, max_grad_norm=1e9,
+                          loss_agg=agg, seed=0, grad_accum=1)
+        # reference: one process, the whole batch as one minibatch
+        ref = copy.deepcopy(base)
+        full_b, full_o = batch_and_credit(trajs)
+        ref_m = update(cfg, ref, torch.optim.SGD(ref.parameters(), lr=0.5), full_b, full_o)
+        ref_sd = ref.state_dict()
+        # (no KL / entropy terms here, so the total loss is the PG loss; update()'s "train/loss" double-counts)
+        # what a per-rank LOCAL mean would give (the bug global counts prevent): mean of the two local losses
+        local = shard_groups(trajs, lambda t: t.group_id, info)
+        loc_b, loc_o = batch_and_credit(local)
+        naive = copy.deepcopy(base)
+        naive_m = update(cfg, naive, torch.optim.SGD(naive.parameters(), lr=0.5), loc_b, loc_o)
+        # distributed
+        model = wrap_model(copy.deepcopy(base), strategy, info)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        m = dp_update(cfg, model, opt, loc_b, loc_o, info)
+        sd = full_state_dict(model)
+        diff = max(float((sd[k] - ref_sd[k]).abs().max()) for k in ref_sd)
+        moved = max(float((ref_sd[k] - base.state_dict()[k]).abs().max()) for k in ref_sd)
+        div = max_weight_divergence(model, info)
+        naive_t = torch.tensor([naive_m["train/loss"]])
+        torch.distributed.all_reduce(naive_t)
+        results[f"{strategy}/{agg}"] = {
+            "loss": m["train/loss"], "ref_loss": ref_m["train/pg_loss"], "max_diff_vs_ref": diff,
+            "weights_moved": moved, "rank_divergence": div, "naive_local_mean_loss": float(naive_t) / 2,
+            "local_rows": loc_b.batch_size,
+        }
+    if info.is_main:
+        json.dump(results, open(sys.argv[1], "w"), indent=1)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Ray rollout workers on a local Ray cluster (2 CPUs): same trajectories as a local rollout, weight sync."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+
+from turngym.agents.policy import HFPolicy, SamplingParams, score_sequence  # noqa: E402
+from turngym.agents.ray_rollout import RayRolloutPool, RolloutSpec, RolloutWorker, collect  # noqa: E402
+from turngym.agents.render import Renderer  # noqa: E402
+from turngym.agents.rollout import collect_rollouts  # noqa: E402
+from turngym.envs import make  # noqa: E402
+
+ENV_ID = "search/HopQA-v0"
+PARAMS = SamplingParams(temperature=1.0, max_new_tokens=24, seed=5)
+SPEC = RolloutSpec(ENV_ID, max_turns=3, max_traj_tokens=96)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    from turngym.agents.tiny import load_policy_model
+
+    model, tok = load_policy_model("tiny", env_id=ENV_ID, cache_dir=tmp_path_factory.mktemp("m"), n_seeds=16)
+    env = make(ENV_ID)
+    renderer = Renderer(tok, env.tool_schemas)
+    env.close()
+    return model, tok, renderer
+
+
+@pytest.fixture(scope="module")
+def pool(tiny):
+    model, _, renderer = tiny
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    p = RayRolloutPool(SPEC, model, renderer, num_workers=2, num_cpus_per_worker=1)
+    yield p
+    p.close()
+    ray.shutdown()
+
+
+def _local(model, tok, renderer, seeds, g, params=PARAMS):
+    return collect_rollouts(ENV_ID, HFPolicy(model, tok), renderer, seeds, g, params=params,
+                            max_turns=SPEC.max_turns, max_traj_tokens=SPEC.max_traj_tokens)
+
+
+def _same(a, b):
+    assert [t.group_id for t in a] == [t.group_id for t in b]
+    for x, y in zip(a, b):
+        assert x.token_ids() == y.token_ids() and x.action_mask() == y.action_mask()
+        assert (x.outcome, x.stop_reason, x.final_answer, x.meta.get("gold_answer")) == \
+               (y.outcome, y.stop_reason, y.final_answer, y.meta.get("gold_answer"))
+        for u, v in zip(x.turns, y.turns):
+            assert u.action_text == v.action_text and u.obs_messages == v.obs_messages
+            assert max(abs(p - q) for p, q in zip(u.logprobs, v.logprobs)) < 1e-5
+
+
+def test_one_chunk_equals_local_rollout(tiny, pool):
+    model, tok, renderer = tiny
+    remote, stats = pool.collect([3], 3, PARAMS, return_stats=True)
+    _same(remote, _local(model, tok, renderer, [3], 3))
+    assert stats.trajectories == 3 and stats.sampled_tokens > 0
+
+
+def test_many_seeds_on_two_workers_keep_structure_and_fidelity(tiny, pool):
+    model, _, _ = tiny
+    seeds = [11, 12, 13]
+    trajs = pool.collect(seeds, 2, PARAMS)
+    assert [t.group_id for t in trajs] == [f"{ENV_ID}:{s}" for s in seeds for _ in range(2)]
+    assert len({w for w in ray.get([w.pid.remote() for w in pool.workers])}) == 2
+    for t in trajs:  # behaviour log-probs from the workers = the driver's model re-scoring the packed ids
+        ids, mask = t.token_ids(), t.action_mask()
+        ref = score_sequence(model, ids)
+        lps = [lp for u in t.turns for lp in u.logprobs]
+        got = [ref[i] for i, m in enumerate(mask) if m]
+        assert len(got) == len(lps) > 0
+        assert max(abs(a - b) for a, b in zip(got, lps)) < 1e-4
+    again = pool.collect(seeds, 2, PARAMS)  # a pure function of (seeds, params.seed, weights)
+    _same(trajs, again)
+
+
+def test_sync_weights_changes_worker_logprobs(tiny, pool):
+    model, tok, renderer = tiny
+    probe = renderer.initial([{"role": "user", "content": "Who founded Novex?"}]) + [5, 6, 7]
+    before = pool.score(probe)
+    assert max(abs(a - b) for a, b in zip(before[0], score_sequence(model, probe))) < 1e-5
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    version = pool.sync_weights(new.state_dict())
+    after = pool.score(probe)
+    ref = score_sequence(new, probe)
+    for w in after:
+        assert max(abs(a - b) for a, b in zip(w, ref)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(w, before[0])) > 1e-3
+    assert version == pool.version == 1
+    _same(pool.collect([3], 2, PARAMS), _local(new, tok, renderer, [3], 2))
+    pool.sync_weights(model)  # a model is accepted too; back to the original weights
+    assert pool.version == 2
+    assert max(abs(a - b) for a, b in zip(pool.score(probe)[1], before[1])) < 1e-6
+
+
+def test_in_process_worker_and_trainer_dispatch(tiny, pool):
+    """The actor class runs in process too; `collect(cfg, setup, ...)` pushes weights only when they changed."""
+    from types import SimpleNamespace
+
+    model, tok, renderer = tiny
+    w = RolloutWorker(SPEC, model.config, model.state_dict(), renderer)
+    trajs, stats, version = w.collect([3], 2, PARAMS)
+    _same(trajs, _local(model, tok, renderer, [3], 2))
+    cfg = SimpleNamespace(env_id=ENV_ID, env_kwargs={}, sampler="group", max_turns=SPEC.max_turns,
+                          max_traj_tokens=SPEC.max_traj_tokens, rollout_workers=1, seed=0, temperature=1.0,
+                          top_p=1.0, max_new_tokens=24)
+    setup = SimpleNamespace(model=copy.deepcopy(model), renderer=renderer)
+    from turngym.agents import ray_rollout
+
+    try:
+        got, _ = collect(cfg, setup, [3], 2, sample_seed=5)
+        _same(got, trajs)
+        p = ray_rollout._POOLS[id(setup)]
+        got, _ = collect(cfg, setup, [3], 2, sample_seed=5)
+        assert p.version == 0  # unchanged model: no push
+        with torch.no_grad():
+            next(setup.model.parameters()).mul_(1.5)
+        collect(cfg, setup, [3], 1, sample_seed=5)
+        assert p.version == 1
+    finally:
+        ray_rollout.close_pools()

@@ -1,0 +1,406 @@
+"""Data-parallel learner helpers on top of torch.distributed: process group, DDP / FSDP2 wrapping, global counts.
+
+Run a learner on several processes with ``torchrun`` (one process per GPU, or per CPU slot with gloo)::
+
+    torchrun --nproc_per_node 8 my_train.py              # one node
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 my_train.py
+
+Inside the script::
+
+    info = init_distributed()                        # reads RANK / WORLD_SIZE / LOCAL_RANK set by torchrun
+    model = wrap_model(model, "fsdp2", info)         # or "ddp" for small models, "none" on one process
+    metrics = dp_update(cfg, model, optimizer, local_batch, local_credit, info)
+
+Each rank owns the rows of its own groups (``shard_groups``: whole groups, so group baselines need no
+communication). The loss of a minibatch is normalised by the GLOBAL number of policy tokens (``token-mean``) or
+rows (``seq-mean-*``): the local counts are all-reduced (``global_counts``) and passed to
+`turngym.trainers.losses.policy_loss` as ``global_tokens`` / ``global_seqs``, so the local losses *sum* over
+ranks to the loss one process computes on the whole minibatch. DDP and FSDP2 *average* gradients over ranks,
+so each local loss is multiplied by the world size before ``backward``: the synchronised gradient is then
+exactly the single-process gradient (`tests/scale/test_scale_distributed.py` checks both, gloo, 2 processes).
+
+Strategies (registry `STRATEGIES`): ``none`` (one process), ``ddp`` (`DistributedDataParallel`, replicated
+weights; best for models that fit one device many times), ``fsdp2`` (``torch.distributed.fsdp.fully_shard``
+on every decoder layer then the root; sharded weights, gradients and optimizer state). Both run on CPU with
+gloo (torch 2.13) as well as on CUDA with NCCL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from turngym.errors import ConfigError
+from turngym.registry import Registry
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: Global rank (0 .. world_size - 1).
+        world_size: Number of processes (1 when not launched by torchrun).
+        local_rank: Rank on this node (picks the CUDA device).
+        backend: ``"nccl"``, ``"gloo"`` or ``"none"`` (single process).
+        device: The torch device this rank computes on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = "none"
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the rank that logs, evaluates and checkpoints)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    Without those variables (a plain ``python`` run) returns a single-process `DistInfo` and starts nothing.
+
+    Args:
+        backend: ``"auto"`` (NCCL when CUDA is available, else gloo), ``"nccl"`` or ``"gloo"``.
+        device: ``"auto"`` (``cuda:LOCAL_RANK`` when CUDA is available, else CPU) or a torch device string.
+
+    Returns:
+        This process's `DistInfo`.
+    """
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        dev = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    else:
+        dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 and not dist.is_initialized():
+        return DistInfo(device=dev)
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"init_distributed: backend must be 'auto', 'nccl' or 'gloo'; got {backend!r}.")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    backend=backend, device=dev)
+
+
+def destroy_distributed() -> None:
+    """Leave the process group (no-op when none was started)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- wrapping
+
+#: Model wrapping strategies, ``fn(model, info) -> model``.
+STRATEGIES: Registry[Callable[[Any, DistInfo], Any]] = Registry("data-parallel strategy")
+
+
+@STRATEGIES.register("none")
+def _wrap_none(model, info: DistInfo):
+    if info.distributed:
+        raise ConfigError(
+            f"strategy='none' under {info.world_size} processes would train {info.world_size} diverging copies; "
+            "use 'ddp' or 'fsdp2'."
+        )
+    return model
+
+
+@STRATEGIES.register("ddp")
+def _wrap_ddp(model, info: DistInfo):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if not info.distributed:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, broadcast_buffers=False)
+
+
+def _decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated transformer blocks (``model.model.layers`` for Llama/Qwen/Mistral, ``transformer.h`` for GPT-2)."""
+    for path in ("model.layers", "model.model.layers", "transformer.h", "base_model.model.model.layers", "layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return list(obj)
+    return []
+
+
+@STRATEGIES.register("fsdp2")
+def _wrap_fsdp2(model, info: DistInfo):
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # pragma: no cover - torch < 2.6
+        raise ConfigError("strategy='fsdp2' needs torch >= 2.6 (torch.distributed.fsdp.fully_shard).") from None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not info.distributed:
+        return model
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap_model(model, strategy: str, info: DistInfo):
+    """Wrap ``model`` for data-parallel training (`STRATEGIES`: ``none``, ``ddp``, ``fsdp2``).
+
+    Every rank must hold the same initial weights (same seed or same checkpoint); `broadcast_weights` makes
+    sure of it. Build the optimizer AFTER wrapping (FSDP2 replaces parameters by sharded DTensors).
+    """
+    model = model.to(info.device)
+    if info.distributed:
+        broadcast_weights(model)
+    return STRATEGIES[strategy](model, info)
+
+
+def unwrap(model):
+    """The module under a DDP wrapper (FSDP2 modifies the module in place, nothing to unwrap)."""
+    return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def broadcast_weights(model, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (before wrapping)."""
+    import torch.distributed as dist
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src=src)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The full (unsharded) CPU state dict on every rank: what a sampler (vLLM, Ray workers) or a checkpoint needs.
+
+    FSDP2 parameters are DTensors: each one is all-gathered (a collective: call it on every rank).
+    """
+    out = {}
+    for k, v in unwrap(model).state_dict().items():
+        if hasattr(v, "full_tensor"):
+            v = v.full_tensor()
+        out[k] = v.detach().cpu()
+    return out
+
+
+@contextmanager
+def no_grad_sync(model, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce of the backward passes inside (gradient accumulation over chunks)."""
+    if not enabled:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+# ----------------------------------------------------------------------------------------------- collectives
+
+
+def all_reduce(values: Sequence[float], info: DistInfo, op: str = "sum") -> list[float]:
+    """Sum (or max) a short vector of floats over ranks; identity on one process."""
+    if not info.distributed:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    dev = info.device if info.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
+def global_counts(action_mask: torch.Tensor, info: DistInfo) -> tuple[float, float]:
+    """``(global_tokens, global_seqs)``: policy tokens and rows with ≥ 1 policy token, summed over ranks.
+
+    Args:
+        action_mask: This rank's minibatch mask ``[b, L]``.
+        info: The process group.
+    """
+    local_tokens = float(action_mask.sum())
+    local_seqs = float((action_mask.sum(-1) > 0).sum())
+    tokens, seqs = all_reduce([local_tokens, local_seqs], info)
+    return tokens, seqs
+
+
+def shard_groups(items: Sequence[Any], group_of: Callable[[Any], str], info: DistInfo) -> list[Any]:
+    """This rank's share of ``items``, whole groups only (group ``g`` goes to rank ``g_index % world_size``).
+
+    Groups stay whole so group-relative baselines (GRPO) are computed locally without communication. Ranks may
+    get unequal numbers of rows; `dp_update` handles it (global counts, empty minibatches).
+    """
+    order = list(dict.fromkeys(group_of(x) for x in items))
+    mine = {g for i, g in enumerate(order) if i % info.world_size == info.rank}
+    return [x for x in items if group_of(x) in mine]
+
+
+@torch.no_grad()
+def max_weight_divergence(model, info: DistInfo) -> float:
+    """Largest ``|w_rank - w_rank0|`` over all parameters and ranks (0.0 on one process); a collective."""
+    if not info.distributed:
+        return 0.0
+    import torch.distributed as dist
+
+    worst = 0.0
+    for v in full_state_dict(model).values():
+        ref = v.clone().float()
+        dist.broadcast(ref, src=0)
+        worst = max(worst, float((v.float() - ref).abs().max()) if v.numel() else 0.0)
+    return all_reduce([worst], info, op="max")[0]
+
+
+# ----------------------------------------------------------------------------------------------- update
+
+
+def _dummy_loss(model, pad_id: int, device) -> torch.Tensor:
+    """A zero loss through a real forward pass: lets a rank with no rows join the gradient collectives."""
+    x = torch.full((1, 1), int(pad_id), dtype=torch.long, device=device)
+    out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+    return out.logits.float().sum() * 0.0
+
+
+def dp_update(cfg, model, optimizer, batch, out, info: DistInfo, *, chunk_size: int | None = None,
+              pad_id: int = 0) -> dict[str, float]:
+    """Data-parallel version of `turngym.trainers.update.update` over this rank's rows.
+
+    ``batch`` / ``out`` hold THIS rank's rows (`shard_groups`). Per epoch the local rows are permuted and cut into
+    minibatches of ``cfg.minibatch_size // world_size`` rows (at least 1); all ranks run the same number of
+    minibatches (the largest; a rank that has run out contributes a zero loss through a dummy forward). For each
+    minibatch the policy-token and row counts are all-reduced and every chunk's loss is
+    ``policy_loss(..., global_tokens, global_seqs) * world_size``: after the averaging all-reduce of DDP/FSDP2 the
+    gradient is the gradient of the global minibatch loss. A non-finite loss on any rank skips that minibatch on
+    every rank. ``cfg.grad_accum`` minibatches make one optimizer step.
+
+    Args:
+        cfg: Loss settings (a `TrainConfig`).
+        model: The wrapped policy (`wrap_model`).
+        optimizer: Built over the wrapped model's parameters.
+        batch: This rank's `GroupBatch` (with ``old_logprobs``: the behaviour log-probs).
+        out: This rank's `CreditOutput`.
+        info: The process group.
+        chunk_size: Rows per forward pass (default: the local minibatch size).
+        pad_id: Token id of the dummy forward.
+
+    Returns:
+        ``train/*`` metrics, identical on every rank (summed/averaged over ranks).
+    """
+    from turngym.trainers.forward import chunk_logprobs, iter_chunks
+    from turngym.trainers.losses import policy_loss
+    from turngym.trainers.update import resolve_ratio_level
+
+    level = resolve_ratio_level(cfg, out)
+    W = info.world_size
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    device = batch.response_ids.device
+    gen = torch.Generator().manual_seed(cfg.seed + info.rank)
+    local_mb = max(1, cfg.minibatch_size // W)
+    n_local = math.ceil(batch.batch_size / local_mb) if batch.batch_size else 0
+    n_mb = int(all_reduce([n_local], info, op="max")[0])
+    sums = {"loss": 0.0, "pg_loss": 0.0, "clipfrac": 0.0, "ratio_mean": 0.0, "approx_kl": 0.0, "entropy": 0.0}
+    counts = steps = skipped = 0
+    grad_norms: list[float] = []
+    model.train()
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(batch.batch_size, generator=gen).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        for mb in range(n_mb):
+            rows = order[mb * local_mb:(mb + 1) * local_mb]
+            mask = batch.action_mask[rows]
+            n_tokens, n_seqs = global_counts(mask, info)
+            if n_tokens == 0:
+                continue  # same decision on every rank: the counts are global
+            chunks = list(iter_chunks(batch, rows, chunk_size or local_mb)) if float(mask.sum()) > 0 else []
+            bad = False
+            local = dict.fromkeys(sums, 0.0)
+            for ci in range(max(len(chunks), 1)):
+                last = ci == max(len(chunks), 1) - 1
+                with no_grad_sync(model, enabled=info.distributed and not last):
+                    if not chunks:
+                        loss = _dummy_loss(model, pad_id, device)
+                    else:
+                        chunk = chunks[ci]
+                        r, sl = chunk.rows, slice(0, chunk.length)
+                        logp, entropy, _ = chunk_logprobs(model, chunk, with_entropy=True)  # [b, l]
+                        loss, m = policy_loss(
+                            logp, batch.old_logprobs[r, sl], out.advantages[r, sl], batch.action_mask[r, sl],
+                            batch.turn_id[r, sl], eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                            clip_scale=None if out.clip_scale is None else out.clip_scale[r, sl],
+                            dual_clip_c=cfg.dual_clip_c, ratio_level=level, agg=cfg.loss_agg,
+                            agg_norm_len=float(cfg.max_traj_tokens), global_tokens=n_tokens, global_seqs=n_seqs,
+                            ref_logp=None if batch.ref_logprobs is None or cfg.kl_in_reward
+                            else batch.ref_logprobs[r, sl],
+                            kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
+                            entropy=entropy, entropy_coef=cfg.entropy_coef,
+                        )
+                        if not torch.isfinite(loss):
+                            bad = True
+                            loss = _dummy_loss(model, pad_id, device)
+                        else:
+                            w = float(batch.action_mask[r, sl].sum()) / n_tokens
+                            for k in ("pg_loss", "clipfrac", "ratio_mean", "approx_kl"):
+                                v = m.get(k)
+                                if isinstance(v, (int, float)) and math.isfinite(v):
+                                    local[k] += w * v
+                            local["loss"] += float(loss.detach())
+                            local["entropy"] += float(entropy.detach()[batch.action_mask[r, sl]].sum()) / n_tokens
+                    (loss * W / cfg.grad_accum).backward()
+            any_bad = all_reduce([float(bad)], info, op="max")[0] > 0
+            if any_bad:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            tot = all_reduce([local[k] for k in sums], info)
+            for k, v in zip(sums, tot):
+                sums[k] += v
+            counts += 1
+            if (mb + 1) % cfg.grad_accum == 0 or mb + 1 == n_mb:
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+                if torch.isfinite(gn):
+                    optimizer.step()
+                    steps += 1
+                    grad_norms.append(float(gn))
+                else:
+                    skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    n = max(counts, 1)
+    return {
+        "train/loss": sums["loss"] / n if counts else math.nan,
+        "train/pg_loss": sums["pg_loss"] / n,
+        "train/clip_frac": sums["clipfrac"] / n,
+        "train/ratio_mean": sums["ratio_mean"] / n if counts else 1.0,
+        "train/approx_kl": sums["approx_kl"] / n,
+        "train/entropy": sums["entropy"] / n,
+        "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
+        "train/optimizer_steps": float(steps),
+    }
+

@@ -1,0 +1,364 @@
+"""Multi-agent RL on turn-based (AEC) text envs: shared, separate or self-play policies, GRPO-style updates.
+
+Algorithm (one step):
+
+1. **Rollout**: ``tasks_per_step`` task seeds, ``group_size`` episodes each, every agent acting with its role's
+   policy (`turngym.agents.multi_rollout`: one batched generate call per policy per round, token-in/token-out).
+   Each agent's turns form its own trajectory; ``group_id = f"{env_id}:{seed}:{agent}"``, so every baseline
+   compares the same role on the same task.
+2. **Counterfactuals** (``credit=team-difference`` only): each episode is replayed with one role scripted
+   (`counterfactual_outcomes`) and ``G(z_{-i}, c_i)`` goes into the trajectory's prompt signals.
+3. **Signals and credit, per learner**: the learner's own trajectories (the roles it plays and trains; agents
+   that never acted are dropped) form its `GroupBatch`; the signal providers the credit method needs run with its
+   own model; ``CREDIT[cfg.credit]`` gives the advantages (turn-level methods apply per role, because groups are).
+4. **Update, per learner**: `turngym.trainers.update.update` (clipped PG) on that batch with the learner's
+   optimizer. Each learner's loss only covers its own sampled tokens: the other roles' trajectories are not in
+   its batch, and their actions are in its context only as the observation messages the env delivered (mask 0).
+5. **Log and evaluate**: team success per episode, per-role outcome / turns / tokens, per-learner loss and credit
+   diagnostics (``multi/*``); held-out evaluation before and after (and every ``eval_every`` steps).
+
+Modes (``multi_mode``):
+
+* ``shared``: one model and optimizer acts for every role; the env's role-specific system prompts are the role
+  prompts. All roles' trajectories are one batch (groups still per role).
+* ``separate``: one model, optimizer and sampler per role (each role trains only on its own trajectories).
+* ``self_play``: one learner plays one seat (alternating seats step by step) against an opponent drawn from a pool
+  of frozen past snapshots of itself (a snapshot is added every ``selfplay_every`` steps, at most
+  ``selfplay_pool`` kept); only the learner's seat is trained. Evaluation plays the learner in each seat against
+  the scripted policy of the other seat.
+
+Before RL each learner is warm-started by SFT (`turngym.trainers.sft.sft_train`) on its roles' turns from episodes
+of the scripted role policies (``env.expert_action(agent, rng, expert_noise)``), played through the same engine
+and renderer as RL.
+
+Departures and limits: no checkpoint/resume (the final weights of each learner are saved with
+``save_pretrained`` under ``run_dir/final/<learner>``); no KL reference; DAPO dynamic sampling is not applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from turngym.credit import CREDIT, GroupBatch, assign_credit
+from turngym.credit.signals import run_providers
+from turngym.errors import ConfigError
+from turngym.trainers import common
+from turngym.trainers.config import TrainConfig
+from turngym.trainers.report import write_report
+from turngym.trainers.runlog import RunLog
+from turngym.trainers.update import update
+from turngym.types import Trajectory
+
+#: Credit methods that need counterfactual replays of the episodes (their prompt signal ``cf_outcome``).
+COUNTERFACTUAL_CREDITS = frozenset({"team-difference"})
+
+
+@dataclass
+class Learner:
+    """One trained policy: its model, optimizer, sampler and the roles it acts for and trains on."""
+
+    name: str
+    roles: list[str]
+    model: Any
+    optimizer: Any
+    policy: Any
+    setup: common.Setup
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
+    """Run multi-agent RL end to end; returns a summary (team success before/after, run directory)."""
+    from turngym.agents.multi_rollout import Actor
+
+    CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
+    if cfg.resume:
+        raise ConfigError("algo=multi does not support --resume yet; start a new run (run_dir=...).")
+    tok, renderer, device, roles = build_tokenizer(cfg)
+    learners = build_learners(cfg, tok, renderer, device, roles)
+    run = RunLog(cfg.run_dir, cfg, console=console)
+    rng = np.random.default_rng([cfg.seed, 5])
+
+    # --- warm start and initial evaluation
+    if cfg.sft_steps > 0:
+        run.log(0, warm_start(cfg, learners, renderer, roles, tok), kind="sft")
+    pool: list[Any] = [frozen(learners[0].model)] if cfg.multi_mode == "self_play" else []
+    before, trajs = evaluate(cfg, learners, renderer, roles, tok)
+    run.log(0, before, kind="eval")
+    run.log_trajectories(0, trajs, kind="eval")
+
+    for step in range(cfg.steps):
+        t_step = time.perf_counter()
+
+        # --- 1. rollout (who plays which seat)
+        t0 = time.perf_counter()
+        actors, trained_roles = seat_actors(cfg, learners, renderer, roles, pool, step, rng)
+        trajs, stats = rollout(cfg, actors, common.task_seeds(cfg, step), cfg.group_size,
+                               sample_seed=step_seed(cfg, step))
+        rollout_s = time.perf_counter() - t0
+        metrics = rollout_metrics(trajs)
+
+        # --- 2. counterfactual replays for difference rewards
+        t0 = time.perf_counter()
+        if cfg.credit in COUNTERFACTUAL_CREDITS:
+            from turngym.agents.multi_rollout import attach_counterfactuals
+
+            noise = float(cfg.credit_overrides.get("baseline_noise", 0.0))
+            attach_counterfactuals(cfg.env_id, trajs, sorted(trained_roles), noise=noise, seed=cfg.seed + step,
+                                   env_kwargs=cfg.env_kwargs)
+        metrics["perf/signals_s"] = time.perf_counter() - t0
+
+        # --- 3 + 4. signals, credit and update per learner, on its own trajectories only
+        t0 = time.perf_counter()
+        per: list[dict[str, float]] = []
+        for ln in learners:
+            mine = [t for t in trajs if t.agent_id in ln.roles and t.agent_id in trained_roles and t.turns]
+            if not mine:
+                continue
+            m = learner_step(cfg, ln, mine)
+            per.append(m)
+            metrics |= {f"multi/{ln.name}/{k}": v for k, v in m.items()}
+        for k in sorted({k for m in per for k in m if k.startswith("train/")}):
+            vals = [m[k] for m in per if k in m and math.isfinite(m[k])]
+            metrics[k] = float(np.mean(vals)) if vals else math.nan
+        update_s = time.perf_counter() - t0
+
+        # --- self-play pool
+        if cfg.multi_mode == "self_play":
+            if (step + 1) % cfg.selfplay_every == 0:
+                pool.append(frozen(learners[0].model))
+                del pool[: max(0, len(pool) - cfg.selfplay_pool)]
+            metrics["multi/pool_size"] = float(len(pool))
+
+        # --- 5. log, evaluate
+        n_sampled = float(sum(len(u.action_ids) for t in trajs for u in t.turns))
+        metrics |= {
+            "train/lr": cfg.lr, "perf/rollout_s": rollout_s, "perf/update_s": update_s, "perf/sync_s": 0.0,
+            "perf/step_s": time.perf_counter() - t_step, "perf/tokens_per_s": n_sampled / max(rollout_s, 1e-9),
+            "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
+        }
+        run.log(step + 1, metrics)
+        run.log_trajectories(step + 1, trajs)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            run.log(step + 1, evaluate(cfg, learners, renderer, roles, tok)[0], kind="eval")
+
+    # --- final evaluation, weights and report
+    after, trajs = evaluate(cfg, learners, renderer, roles, tok)
+    run.log(cfg.steps, after, kind="eval")
+    run.log_trajectories(cfg.steps, trajs, kind="eval")
+    for ln in learners:
+        out = run.run_dir / "final" / ln.name
+        ln.model.save_pretrained(out)
+        tok.save_pretrained(out)
+    summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
+               "success_after": after.get("eval/success"), "reward_before": before.get("eval/reward"),
+               "reward_after": after.get("eval/reward"), "steps": cfg.steps, "credit": cfg.credit,
+               "multi_mode": cfg.multi_mode}
+    if cfg.report:
+        summary["report"] = str(write_report(run.run_dir, cfg, summary))
+    run.message(
+        f"held-out team success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
+        f"({cfg.eval_tasks} tasks, {cfg.multi_mode}); run directory {run.run_dir}"
+    )
+    run.close()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def build_tokenizer(cfg: TrainConfig):
+    """The shared tokenizer and base renderer, the device and the env's agents.
+
+    The tiny tokenizer is trained on every role's text from the scripted policies (`multi_env_texts`).
+    """
+    from turngym.agents.multi_rollout import _make_aec, multi_env_texts
+    from turngym.agents.render import Renderer
+    from turngym.agents.tiny import load_policy_model
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    env = _make_aec(cfg.env_id, dict(cfg.env_kwargs))
+    roles = list(env.possible_agents)
+    env.close()
+    device = common.resolve_device(cfg.device)
+    _, tok = load_policy_model(cfg.model, **model_kwargs(cfg, device))
+    return tok, Renderer(tok), device, roles
+
+
+def model_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    from turngym.agents.multi_rollout import multi_env_texts
+
+    kw: dict[str, Any] = {"env_id": cfg.env_id, "cache_dir": cfg.cache_dir, "device": str(device),
+                          "dtype": common.resolve_dtype(cfg.dtype, device)}
+    if cfg.model == "tiny":
+        kw |= {"size": cfg.model_size, "texts": lambda: multi_env_texts(cfg.env_id, env_kwargs=cfg.env_kwargs)}
+    return kw
+
+
+def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str]) -> list[Learner]:
+    """One learner (``shared``, ``self_play``) or one per role (``separate``), each with its own model copy."""
+    from turngym.agents.policy import HFPolicy
+    from turngym.agents.tiny import load_policy_model
+
+    groups = [[r] for r in roles] if cfg.multi_mode == "separate" else [list(roles)]
+    names = roles if cfg.multi_mode == "separate" else ["learner" if cfg.multi_mode == "self_play" else "shared"]
+    out = []
+    for i, (name, rs) in enumerate(zip(names, groups)):
+        model, _ = load_policy_model(cfg.model, **model_kwargs(cfg, device))
+        if cfg.lora:
+            model = common.apply_lora(model, cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        policy = HFPolicy(model, tok, seed=cfg.seed + i)
+        out.append(Learner(name, rs, model, opt, policy, common.Setup(model, tok, renderer, policy, device, int(pad))))
+    return out
+
+
+def frozen(model):
+    """A frozen copy of a policy model (a self-play opponent)."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def seat_actors(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], pool: list[Any], step: int,
+                rng: np.random.Generator) -> tuple[dict[str, Any], set[str]]:
+    """``{agent: Actor}`` for this step and the roles whose trajectories are trained."""
+    from turngym.agents.multi_rollout import Actor
+    from turngym.agents.policy import HFPolicy
+
+    if cfg.multi_mode != "self_play":
+        return {r: Actor(ln.policy, renderer) for ln in learners for r in ln.roles}, set(roles)
+    seat = roles[step % len(roles)]
+    opp = pool[int(rng.integers(len(pool)))]
+    opp_policy = HFPolicy(opp, learners[0].setup.tokenizer, seed=cfg.seed + 1000 + step, prefix_cache=False)
+    actors = {r: Actor(learners[0].policy if r == seat else opp_policy, renderer) for r in roles}
+    return actors, {seat}
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def step_seed(cfg: TrainConfig, step: int) -> int:
+    """Sampler seed of a step: a pure function of (seed, step)."""
+    return int(np.random.default_rng([cfg.seed, step, 0, 11]).integers(2**31))
+
+
+def rollout(cfg: TrainConfig, actors: dict[str, Any], seeds, group_size: int, *, temperature: float | None = None,
+            sample_seed: int | None = None) -> tuple[list[Trajectory], Any]:
+    """``group_size`` episodes per seed with ``actors``; returns (per-agent trajectories, stats)."""
+    from turngym.agents.multi_rollout import collect_multi_rollouts
+
+    if sample_seed is not None:  # once per call: every policy restarts its stream (reproducible steps)
+        for i, p in enumerate({id(a.policy): a.policy for a in actors.values()}.values()):
+            if hasattr(p, "reseed"):
+                p.reseed(sample_seed + i)
+    return collect_multi_rollouts(
+        cfg.env_id, actors, seeds, group_size,
+        params=common.sampling_params(cfg, temperature=temperature),
+        max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
+    )
+
+
+def learner_step(cfg: TrainConfig, ln: Learner, trajs: list[Trajectory]) -> dict[str, float]:
+    """Signals, credit and one PG update of one learner on its own trajectories; returns its metrics."""
+    from turngym.trainers.forward import batch_logprobs
+
+    run_providers(trajs, common.signal_providers(cfg, ln.setup))
+    batch = GroupBatch.from_trajectories(trajs, pad_id=ln.setup.pad_id).to(ln.setup.device)
+    if batch.old_logprobs is None:
+        batch.old_logprobs = batch_logprobs(ln.model, batch)
+    overrides = {k: v for k, v in cfg.credit_overrides.items()}
+    out = assign_credit(cfg.credit, batch, **overrides)
+    m = {f"credit/{k}": v for k, v in out.diagnostics.items()}
+    m["trajectories"] = float(len(trajs))
+    if not bool(torch.isfinite(out.advantages).all()):
+        return m | {"train/skipped": 1.0}
+    m |= update(cfg, ln.model, ln.optimizer, batch, out)
+    return m
+
+
+def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[str, float]:
+    """`common.rollout_metrics` over all agents' trajectories, with ``{prefix}/success`` = team success per
+    episode, plus per-role metrics under ``multi/``."""
+    from turngym.agents.multi_rollout import team_metrics
+
+    m = common.rollout_metrics(trajs, prefix=prefix)
+    team = team_metrics(trajs, prefix="multi" if prefix == "rollout" else "multi/eval")
+    m[f"{prefix}/success"] = team["multi/success" if prefix == "rollout" else "multi/eval/success"]
+    team.pop("multi/success", None)
+    team.pop("multi/eval/success", None)
+    key = "multi/team_success" if prefix == "rollout" else "multi/eval/team_success"
+    return m | team | {key: m[f"{prefix}/success"]}
+
+
+def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], tok
+             ) -> tuple[dict[str, float], list[Trajectory]]:
+    """Held-out evaluation on ``eval_tasks`` fixed seeds, one episode each (``eval_temperature``).
+
+    Cooperative modes: the learners play every role; ``eval/success`` is team success. ``self_play``: the learner
+    plays each seat in turn against the other seat's scripted policy (``expert_noise``); ``eval/success`` and
+    ``eval/reward`` are the learner's own success and outcome.
+    """
+    from turngym.agents.multi_rollout import Actor
+    from turngym.agents.policy import ScriptedPolicy
+
+    t0 = time.perf_counter()
+    seeds = [cfg.eval_seed + i for i in range(cfg.eval_tasks)]
+    if not seeds:
+        return {}, []
+    for ln in learners:
+        ln.model.eval()
+    if cfg.multi_mode != "self_play":
+        actors = {r: Actor(ln.policy, renderer) for ln in learners for r in ln.roles}
+        trajs, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
+        m = rollout_metrics(trajs, prefix="eval")
+    else:
+        trajs, mine = [], []
+        for seat in roles:
+            expert = ScriptedPolicy(tok, noise=cfg.expert_noise, seed=cfg.seed)
+            actors = {r: Actor(learners[0].policy if r == seat else expert, renderer) for r in roles}
+            got, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
+            trajs += got
+            mine += [t for t in got if t.agent_id == seat]
+        m = common.rollout_metrics(mine, prefix="eval")
+        m["eval/success"] = sum(bool(t.meta.get("success")) for t in mine) / max(len(mine), 1)
+        from turngym.agents.multi_rollout import team_metrics
+
+        m |= {k: v for k, v in team_metrics(mine, prefix="multi/eval").items() if k != "multi/eval/success"}
+    m["eval/tasks"] = float(len(seeds))
+    m["eval/s"] = time.perf_counter() - t0
+    return m, trajs
+
+
+def warm_start(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], tok) -> dict[str, float]:
+    """SFT of each learner on its roles' turns from the scripted role policies (``sft_episodes`` episodes)."""
+    from turngym.agents.multi_rollout import Actor, collect_multi_rollouts, team_metrics
+    from turngym.agents.policy import SamplingParams, ScriptedPolicy
+    from turngym.trainers.sft import sft_train
+
+    rng = np.random.default_rng([cfg.seed, 7])
+    seeds = [int(x) for x in rng.integers(0, cfg.eval_seed, size=cfg.sft_episodes)]
+    expert = ScriptedPolicy(tok, noise=cfg.expert_noise, seed=cfg.seed)
+    demos = collect_multi_rollouts(cfg.env_id, {r: Actor(expert, renderer) for r in roles}, seeds, 1,
+                                   params=SamplingParams(max_new_tokens=cfg.max_new_tokens),
+                                   max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs)
+    out = {"sft/episodes": float(len(seeds)), "sft/expert_success": team_metrics(demos)["team/success"]}
+    losses = []
+    for ln in learners:
+        mine = [t for t in demos if t.agent_id in ln.roles and t.turns]
+        ls = sft_train(ln.model, mine, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
+                       pad_id=ln.setup.pad_id, seed=cfg.seed)
+        losses.append(ls[-1] if ls else math.nan)
+    out["sft/loss"] = float(np.mean(losses))
+    return out

@@ -1,0 +1,433 @@
+"""`turngym bench study`: learning efficiency of the credit methods from one shared SFT start.
+
+For each env, the tiny policy is warm-started ONCE by SFT on the env's noisy scripted expert and saved with
+``save_pretrained`` (`turngym.bench.sft`); every (method, seed) run loads that checkpoint (``model=<dir>,
+sft_steps=0``) and trains with `turngym.trainers.grpo.train` or, for critic methods, `turngym.trainers.ppo.train`.
+All runs share the rollout budget (``steps`` x ``tasks_per_step`` x ``group_size`` sampled trajectories), the
+learning rate, minibatch size and the held-out evaluation (``eval_tasks`` fixed seeds, greedy, every
+``eval_every`` steps). From each method's preset (``turngym/configs/<preset>.yaml``) only the keys that define the
+algorithm are taken (`PRESET_KEYS`: trainer, credit, sampler, ratio level, clip range, critic, γ/λ); the KL
+penalty is off for every method (no reference model), so the comparison isolates the credit assignment.
+
+Reported per (env, method): held-out success vs env steps (mean over seeds with a ±1 std band), the env steps
+to reach the success threshold (default: the SFT start's held-out success + 0.10), and the final success.
+"Env steps" counts ``env.step`` calls of the training rollouts (turns), so methods that spend their budget
+differently (SLATE samples k candidates at each step of one path) are compared on what they consumed.
+
+Departures worth knowing: GiGPO runs with ``anchor_source="observation"`` (anchor = the text of the previous
+observation), because the trainers' rollouts do not record the env's pre-step anchor in ``Turn.info["anchor_obs"]``
+(with the default ``anchor_source="info"`` every step group would be a singleton and GiGPO would equal GRPO).
+
+Usage::
+
+    turngym bench study --quick                   # 1 env, 1 seed, 2 steps: minutes
+    turngym bench study --mode medium --jobs 2
+    turngym bench study --mode full --jobs 2      # 8 methods x 2 envs x 3 seeds (about an hour on 2 idle cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MODES", "STUDY_METHODS", "StudyConfig", "main", "run", "run_config", "summarize_run"]
+
+#: The methods of the study, in table order.
+STUDY_METHODS = ("grpo", "a2tgpo", "matchtir", "siop", "slate", "gigpo", "ppo-bad", "tempo")
+
+#: method -> the preset it takes its algorithm keys from.
+METHOD_PRESET = {"grpo": "grpo", "a2tgpo": "default", "matchtir": "matchtir", "siop": "siop", "slate": "slate",
+                 "gigpo": "gigpo", "ppo-bad": "ppo-bad", "tempo": "tempo", "ppo": "ppo", "igpo": "igpo"}
+
+#: Preset keys that define an algorithm (everything else — sizes, KL, lr — is the study's, shared by all).
+PRESET_KEYS = ("algo", "credit", "sampler", "ratio_level", "eps_low", "eps_high", "dual_clip_c", "critic", "gamma",
+               "gae_lambda", "value_coef", "value_clip")
+
+#: Extra per-method overrides of the study (see the module docstring).
+STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}
+
+#: Grid sizes. ``quick`` is what the test suite runs (minutes); ``full`` is sized for ~1 hour on 2 idle cores.
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {"envs": ("search/HopQA-v0",), "seeds": 1, "steps": 2, "tasks_per_step": 2, "group_size": 4,
+              "eval_every": 1, "eval_tasks": 8, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40},
+    "medium": {"envs": ("search/HopQA-v0",), "seeds": 2, "steps": 6, "tasks_per_step": 4, "group_size": 4,
+               "eval_every": 2, "eval_tasks": 24, "sft_steps": 150, "sft_episodes": 256, "max_new_tokens": 48},
+    "full": {"envs": ("search/HopQA-v0", "tool/Calc-v0"), "seeds": 3, "steps": 8, "tasks_per_step": 4,
+             "group_size": 4, "eval_every": 2, "eval_tasks": 32, "sft_steps": 200, "sft_episodes": 256,
+             "max_new_tokens": 48},
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings of `turngym bench study` (defaults = the ``full`` grid)."""
+
+    methods: tuple[str, ...] = STUDY_METHODS
+    """Credit methods to train."""
+    envs: tuple[str, ...] = ("search/HopQA-v0", "tool/Calc-v0")
+    """Env ids."""
+    seeds: int = 3
+    """Seeds per (env, method): RL seeds 0..seeds-1 (task order, sampling); the SFT start is shared."""
+    steps: int = 8
+    """RL steps per run."""
+    tasks_per_step: int = 4
+    """Tasks per RL step."""
+    group_size: int = 4
+    """Rollouts per task."""
+    lr: float = 2e-4
+    """Policy learning rate (all methods)."""
+    eval_every: int = 2
+    """Held-out evaluation every N steps (plus before and after)."""
+    eval_tasks: int = 32
+    """Held-out tasks per evaluation (greedy)."""
+    sft_steps: int = 200
+    """SFT warm-start steps (once per env)."""
+    sft_episodes: int = 256
+    """Expert episodes for SFT."""
+    max_new_tokens: int = 48
+    """Token budget per turn."""
+    model_size: str = "1m"
+    """Tiny model size."""
+    threshold: float | None = None
+    """Held-out success that counts as reached; none = SFT success + threshold_margin."""
+    threshold_margin: float = 0.10
+    """Margin over the SFT start's success when ``threshold`` is none."""
+    jobs: int = 1
+    """Runs in parallel (processes, one torch thread each)."""
+    torch_threads: int = 1
+    """Torch CPU threads per run."""
+    out_dir: str = "bench_out/study"
+    """Output directory (runs/, sft/, study.md, study_<env>.png, study.json)."""
+    keep_checkpoints: bool = False
+    """Keep each run's checkpoints (off: deleted after the run; metrics stay)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further TrainConfig overrides for every run."""
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def slug(env_id: str) -> str:
+    return env_id.replace("/", "_")
+
+
+def base_config(cfg: StudyConfig, env_id: str):
+    """The TrainConfig shared by the SFT warm start and every run on ``env_id``."""
+    from turngym.trainers.config import TrainConfig
+
+    batch = cfg.tasks_per_step * cfg.group_size
+    return TrainConfig(
+        env_id=env_id, model_size=cfg.model_size, seed=0, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
+        max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
+        minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
+        kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
+        checkpoint_every=0, keep_checkpoints=1, save_trajectories=1, steps=cfg.steps, **cfg.extra,
+    )
+
+
+def method_overrides(method: str) -> dict[str, Any]:
+    """Algorithm keys of ``method`` from its preset, plus the study's own overrides."""
+    from turngym.trainers.config import load_preset
+
+    preset = load_preset(METHOD_PRESET.get(method, method))
+    out = {k: v for k, v in preset.items() if k in PRESET_KEYS}
+    out["credit"] = method
+    out.update(STUDY_OVERRIDES.get(method, {}))
+    return out
+
+
+def run_config(cfg: StudyConfig, env_id: str, method: str, seed: int, sft_dir: str | Path):
+    """The TrainConfig of one run: shared base + the method's algorithm keys, starting from ``sft_dir``."""
+    run_dir = Path(cfg.out_dir) / "runs" / slug(env_id) / method / f"seed{seed}"
+    return base_config(cfg, env_id).replace(model=str(sft_dir), sft_steps=0, seed=seed, run_dir=str(run_dir),
+                                            **method_overrides(method))
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def _train(tcfg) -> dict[str, Any]:
+    import shutil
+
+    import torch
+
+    from turngym.cli import TRAINERS, _load
+
+    torch.set_num_threads(tcfg.torch_threads or 1)
+    if tcfg.run_dir and Path(tcfg.run_dir).exists():
+        shutil.rmtree(tcfg.run_dir)  # a study run always starts fresh
+    fn = _load(TRAINERS[tcfg.algo], f"the {tcfg.algo} trainer")
+    return fn(tcfg)
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one (env, method, seed) run; never raises (a failure becomes ``status``). Picklable for workers."""
+    import shutil
+
+    t0 = time.perf_counter()
+    tcfg = spec["config"]
+    res: dict[str, Any] = {k: spec[k] for k in ("env", "method", "seed")} | {"run_dir": tcfg.run_dir}
+    try:
+        _train(tcfg)
+        res["status"] = "ok"
+    except Exception as err:  # a failed run is a result of the study, not a crash of it
+        res["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        res["traceback"] = traceback.format_exc(limit=6)
+    res["seconds"] = time.perf_counter() - t0
+    if res["status"] == "ok":
+        res |= summarize_run(tcfg.run_dir)
+        if not spec.get("keep_checkpoints"):
+            shutil.rmtree(Path(tcfg.run_dir) / "checkpoints", ignore_errors=True)
+    return res
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
+    """Held-out success curve of a run vs cumulative training env steps.
+
+    Returns ``{"curve": [[step, env_steps, success], ...], "env_steps": total, "trajectories": total}``.
+    """
+    from turngym.trainers.runlog import read_metrics
+
+    train = sorted(read_metrics(run_dir, kind="train"), key=lambda d: d["step"])
+    evals = sorted(read_metrics(run_dir, kind="eval"), key=lambda d: d["step"])
+    cum, steps_at = 0.0, {0: 0.0}
+    n_traj = 0.0
+    for d in train:
+        n = float(d.get("rollout/trajectories", 0.0))
+        cum += float(d.get("rollout/turns", 0.0)) * n
+        n_traj += n
+        steps_at[int(d["step"])] = cum
+    curve = []
+    for d in evals:
+        s = int(d["step"])
+        if "eval/success" in d:
+            curve.append([s, steps_at.get(s, cum), float(d["eval/success"])])
+    return {"curve": curve, "env_steps": cum, "trajectories": n_traj}
+
+
+def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
+    """The whole study; writes ``study.md``, ``study_<env>.png`` per env and ``study.json`` into ``cfg.out_dir``."""
+    from turngym.bench.credit_accuracy import machine
+    from turngym.bench.sft import sft_checkpoint
+    from turngym.credit import CREDIT
+
+    for m in cfg.methods:
+        CREDIT[m]  # unknown name -> RegistryError before any work
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    sft: dict[str, Any] = {}
+    specs = []
+    for env_id in cfg.envs:
+        path, info = sft_checkpoint(base_config(cfg, env_id), out / "sft" / slug(env_id), log=log)
+        sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "reused": info.get("reused"),
+                       "metrics": info.get("metrics", {})}
+        for method in cfg.methods:
+            for seed in range(cfg.seeds):
+                specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": cfg.keep_checkpoints,
+                              "config": run_config(cfg, env_id, method, seed, path)})
+    log(f"study: {len(specs)} runs ({len(cfg.envs)} envs x {len(cfg.methods)} methods x {cfg.seeds} seeds), "
+        f"{cfg.jobs} job(s)")
+    results = []
+    if cfg.jobs <= 1:
+        for i, spec in enumerate(specs):
+            results.append(run_one(spec))
+            _log_result(log, i + 1, len(specs), results[-1])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(run_one, spec) for spec in specs]
+            for i, f in enumerate(as_completed(futs)):
+                results.append(f.result())
+                _log_result(log, i + 1, len(specs), results[-1])
+    order = {(s["env"], s["method"], s["seed"]): i for i, s in enumerate(specs)}
+    results.sort(key=lambda r: order[(r["env"], r["method"], r["seed"])])
+    summary = {"config": dataclasses.asdict(cfg), "sft": sft, "runs": results, "machine": machine(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.perf_counter() - t_start}
+    summary["table"] = aggregate(cfg, results)
+    paths = {"table": out / "study.md", "json": out / "study.json"}
+    for env_id in cfg.envs:
+        paths[f"chart:{env_id}"] = out / f"study_{slug(env_id)}.png"
+        plot_env(summary, env_id, paths[f"chart:{env_id}"])
+    paths["table"].write_text(markdown(summary), encoding="utf-8")
+    summary["paths"] = {k: str(p) for k, p in paths.items()}
+    paths["json"].write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    return summary
+
+
+def _log_result(log, i: int, n: int, r: dict[str, Any]) -> None:
+    final = r["curve"][-1][2] if r.get("curve") else math.nan
+    log(f"[{i}/{n}] {r['env']} {r['method']} seed {r['seed']}: {r['status']} in {r['seconds']:.0f}s, "
+        f"final success {final:.3f}")
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(cfg: StudyConfig, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (env, method): start / final success, env steps to threshold, steps consumed, wall time."""
+    rows = []
+    for env_id in cfg.envs:
+        env_runs = [r for r in results if r["env"] == env_id and r["status"] == "ok" and r.get("curve")]
+        starts = [r["curve"][0][2] for r in env_runs if r["curve"][0][0] == 0]
+        start = _mean_std(starts)[0]
+        thr = cfg.threshold if cfg.threshold is not None else (
+            min(1.0, start + cfg.threshold_margin) if math.isfinite(start) else math.nan)
+        for method in cfg.methods:
+            runs = [r for r in results if r["env"] == env_id and r["method"] == method]
+            ok = [r for r in runs if r["status"] == "ok" and r.get("curve")]
+            reached = []
+            for r in ok:
+                hit = next((es for s, es, succ in r["curve"] if s > 0 and succ >= thr), None)
+                if hit is not None:
+                    reached.append(hit)
+            fm, fs = _mean_std([r["curve"][-1][2] for r in ok])
+            reached.sort()
+            rows.append({
+                "env": env_id, "method": method, "runs": len(runs), "ok": len(ok), "start": start, "threshold": thr,
+                "final_mean": fm, "final_std": fs, "reached": len(reached),
+                "steps_to_threshold": reached[len(reached) // 2] if reached else None,
+                "env_steps": _mean_std([r["env_steps"] for r in ok])[0],
+                "seconds": _mean_std([r["seconds"] for r in runs])[0],
+                "failures": sorted({r["status"] for r in runs if r["status"] != "ok"}),
+            })
+    return rows
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The study's markdown report (one table per env)."""
+    c = summary["config"]
+    out = [f"Study: {len(c['methods'])} methods x {c['seeds']} seed(s); {c['steps']} RL steps of "
+           f"{c['tasks_per_step']} tasks x G={c['group_size']}; eval on {c['eval_tasks']} held-out tasks every "
+           f"{c['eval_every']} steps (greedy); lr {c['lr']}; tiny {c['model_size']} policy, SFT {c['sft_steps']} steps "
+           f"on {c['sft_episodes']} expert episodes (shared start per env).", ""]
+    for env_id in c["envs"]:
+        rows = [r for r in summary["table"] if r["env"] == env_id]
+        thr = rows[0]["threshold"] if rows else math.nan
+        out += [f"### {env_id}", "",
+                f"SFT start: held-out success {_f(rows[0]['start'] if rows else math.nan)}; threshold "
+                f"{_f(thr, '.2f')}.", "",
+                "| method | final success (mean ± std) | env steps to threshold (median) | reached | "
+                "env steps used | s / run | notes |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in rows:
+            note = "; ".join(r["failures"])[:160]
+            out.append(f"| {r['method']} | {_f(r['final_mean'])} ± {_f(r['final_std'])} | "
+                       f"{_f(r['steps_to_threshold'], '.0f') if r['reached'] else 'not reached'} | "
+                       f"{r['reached']}/{r['ok']} | {_f(r['env_steps'], '.0f')} | {_f(r['seconds'], '.0f')} | {note} |")
+        out.append("")
+    out.append(f"Machine: {summary['machine']}. Date: {summary['date']}. Wall time {summary['seconds']:.0f} s.")
+    return "\n".join(out) + "\n"
+
+
+def plot_env(summary: dict[str, Any], env_id: str, path: Path) -> None:
+    """Held-out success vs training env steps per method: mean over seeds with a ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    methods = summary["config"]["methods"]
+    cmap = plt.get_cmap("tab10")
+    for i, method in enumerate(methods):
+        runs = [r for r in summary["runs"] if r["env"] == env_id and r["method"] == method
+                and r["status"] == "ok" and r.get("curve")]
+        if not runs:
+            continue
+        n = min(len(r["curve"]) for r in runs)
+        xs = [sum(r["curve"][j][1] for r in runs) / len(runs) for j in range(n)]
+        stats = [_mean_std([r["curve"][j][2] for r in runs]) for j in range(n)]
+        ys = [m for m, _ in stats]
+        sd = [s for _, s in stats]
+        ax.plot(xs, ys, marker="o", ms=3, color=cmap(i % 10), label=method)
+        if len(runs) > 1:
+            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
+                            color=cmap(i % 10), alpha=0.15)
+    thr = next((r["threshold"] for r in summary["table"] if r["env"] == env_id), math.nan)
+    if isinstance(thr, float) and math.isfinite(thr):
+        ax.axhline(thr, color="black", ls=":", lw=1, label=f"threshold {thr:.2f}")
+    c = summary["config"]
+    ax.set_xlabel("training env steps (turns sampled)")
+    ax.set_ylabel("held-out success (greedy)")
+    ax.set_title(f"{env_id}: {c['seeds']} seed(s), {c['steps']} steps x {c['tasks_per_step']} tasks x "
+                 f"G={c['group_size']}", fontsize=10)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turngym bench study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=sorted(MODES), default="full", help="grid size (default full)")
+    p.add_argument("--quick", action="store_true", help="same as --mode quick")
+    p.add_argument("--out", default=StudyConfig.out_dir, help="output directory")
+    p.add_argument("--methods", default="", help=f"comma-separated (default: {','.join(STUDY_METHODS)})")
+    p.add_argument("--envs", default="", help="comma-separated env ids (default: the mode's)")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--tasks-per-step", type=int)
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-tasks", type=int)
+    p.add_argument("--sft-steps", type=int)
+    p.add_argument("--sft-episodes", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--threshold", type=float, help="absolute success threshold (default: SFT success + 0.10)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    kw: dict[str, Any] = dict(MODES["quick" if args.quick else args.mode])
+    for name in ("seeds", "steps", "tasks_per_step", "group_size", "eval_every", "eval_tasks", "sft_steps",
+                 "sft_episodes", "max_new_tokens", "lr", "threshold"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.methods:
+        kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.envs:
+        kw["envs"] = tuple(e.strip() for e in args.envs.split(",") if e.strip())
+    return StudyConfig(out_dir=args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``turngym bench study [--quick | --mode M] [...]``; prints the markdown report."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    summary = run(config_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(Path(summary["paths"]["table"]).read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(summary["paths"].values()))
+    return 0 if any(r["status"] == "ok" for r in summary["runs"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages and services the sandbox tests need: bubblewrap, a Docker engine and the local
-# `turngym/sandbox:py` image. Idempotent, non-interactive, run as root (CI and `make test` call it).
+# `turngym/sandbox:py` image; Chromium + chromedriver for the viewer's browser test. Idempotent,
+# non-interactive, run as root (CI and `make test` call it).
 #
 #   sudo .ci/setup-system.sh            # install, start dockerd, build the image if missing
 #
@@ -26,12 +27,14 @@ need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)              # the viewer's browser test
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)  # (Selenium drives it)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"
   apt-get update -q || log "apt-get update reported errors (an unreachable extra source?); trying the install anyway"
   apt-get install -y -q --no-install-recommends "${need[@]}" ca-certificates
 else
-  log "bubblewrap, docker.io and debootstrap already installed"
+  log "bubblewrap, docker.io, debootstrap and chromium already installed"
 fi
 
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }

@@ -9,7 +9,8 @@ The task is a one-turn env defined here, ``bench/Arith-v0`` ("What is 37 - 12?",
 * the same GRPO step: ``--tasks`` prompts x ``--group`` completions of at most ``--max-new-tokens`` tokens,
   temperature 1, group-normalised advantages (mean and std), token-mean clipped surrogate (eps 0.2 / 0.28),
   no KL and no reference model, one AdamW optimizer step over the whole batch, grad-norm clip 1.0, lr 1e-4,
-  one torch thread, metrics logged every step.
+  one torch thread, metrics logged every step, no gradient checkpointing (TRL's default turns it on:
+  ``--trl-gradient-checkpointing`` measures that).
 
 turngym runs the body of `turngym.trainers.grpo.train`'s step (`overhead.GRPOStepper`: rollout engine + env +
 credit registry + `update` + run log); TRL runs ``GRPOTrainer.train()`` with ``GRPOConfig(use_cpu=True,
@@ -214,7 +215,7 @@ def run(args) -> dict[str, Any]:
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, epsilon=0.2,
         epsilon_high=0.28, beta=0.0, loss_type="dapo", scale_rewards="group", temperature=1.0, top_p=1.0,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-        log_completions=False,
+        log_completions=False, gradient_checkpointing=args.trl_gradient_checkpointing,
     )
     inter = Interleave(tg_step, args.threads)
     profile: dict[str, list[float]] = {}
@@ -240,7 +241,8 @@ def run(args) -> dict[str, Any]:
         "config": {"env": ENV_ID, "size": args.size, "params": sum(p.numel() for p in s.model.parameters()),
                    "tasks": args.tasks, "group": args.group, "max_new_tokens": args.max_new_tokens,
                    "steps": args.steps, "warmup": args.warmup, "trl": __import__("trl").__version__,
-                   "same_prompt_ids": bool(same_prompt)},
+                   "same_prompt_ids": bool(same_prompt),
+                   "trl_gradient_checkpointing": args.trl_gradient_checkpointing},
         "turngym_s": tg_m, "trl_s": trl_m, "trl_profile_s": trl_prof,
         "ratio_median": median(ratio), "ratio_cpu_median": median(ratio_cpu),
         "ratio_per_step": [round(x, 3) for x in ratio], "ratio_cpu_per_step": [round(x, 3) for x in ratio_cpu],
@@ -265,7 +267,7 @@ def markdown(res: dict[str, Any]) -> str:
     setup = (f"Task {c['env']} (one turn), tiny Llama {c['size']} ({c['params'] / 1e6:.2f}M params), "
              f"{c['tasks']} prompts x G={c['group']}, max {c['max_new_tokens']} new tokens (mean sampled: turngym "
              f"{lens['turngym']:.1f}, TRL {trl_len}), TRL {c['trl']}; prompt ids identical in both arms: "
-             f"{c['same_prompt_ids']}. Medians over {c['steps']} interleaved steps after {c['warmup']} warm-up.")
+             f"{c['same_prompt_ids']}; TRL gradient checkpointing: {c['trl_gradient_checkpointing']}. Medians over {c['steps']} interleaved steps after {c['warmup']} warm-up.")
     verdict = (f"**turngym / TRL time per step: {res['ratio_median']:.2f}x wall, {res['ratio_cpu_median']:.2f}x CPU** "
                f"(medians of per-step ratios; target <= 0.6x). Per step wall: {res['ratio_per_step']}.")
     lines = [
@@ -306,6 +308,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="turngym writes TensorBoard events (as by default); TRL runs with report_to='none'")
+    p.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="TRL's own default is on (recompute activations in backward); off by default here so both "
+                        "arms do the same compute (turngym does not checkpoint)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

@@ -8,7 +8,14 @@
 set -euo pipefail
 IMAGE="${1:-turngym/sandbox:py}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The Debian mirror apt already uses on this machine (first "URIs:" / "deb" entry), unless DEBIAN_MIRROR is set.
+apt_mirror() {
+  { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+  } | grep -v -- '-security' | head -n 1
+}
+MIRROR="${DEBIAN_MIRROR:-$(apt_mirror)}"
+[ -n "$MIRROR" ] || { echo "[build_sandbox_image] no Debian mirror found in /etc/apt; set DEBIAN_MIRROR"; exit 1; }
 WORK="$(mktemp -d /tmp/turngym-rootfs.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 echo "[build_sandbox_image] debootstrap $SUITE from $MIRROR into $WORK"

@@ -43,6 +43,7 @@ from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
 from turngym.trainers.update import update
+from turngym.viewer import annotate
 
 
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
         out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
         metrics["perf/credit_s"] = time.perf_counter() - t0
+        annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
         metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
         metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 

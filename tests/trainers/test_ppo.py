@@ -42,13 +42,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fixed_batch(tiny) -> GroupBatch:
-    """12 noisy expert episodes (3 tasks x 4) with behaviour log-probs from the tiny policy."""
+    """8 noisy expert episodes (2 tasks x 4) with behaviour log-probs from the tiny policy."""
     from turngym.trainers.sft import collect_demonstrations
 
     model, tok, renderer, _ = tiny
-    seeds = [s for s in (11, 12, 13) for _ in range(4)]
+    seeds = [s for s in (11, 12) for _ in range(4)]
     trajs = collect_demonstrations(ENV, tok, renderer, seeds, noise=0.5, seed=5, max_new_tokens=48,
-                                   max_traj_tokens=512)
+                                   max_traj_tokens=384)
     for i, t in enumerate(trajs):  # groups of 4 by task (collect_demonstrations uses group_size=1)
         t.group_id = f"{ENV}:{seeds[i]}"
     batch = GroupBatch.from_trajectories(trajs, pad_id=tok.pad_token_id or 0)
@@ -59,8 +59,8 @@ def fixed_batch(tiny) -> GroupBatch:
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(algo="ppo", credit="gae", group_size=4, tasks_per_step=3, minibatch_size=12, ppo_epochs=1,
-                lr=1e-3, critic_lr=3e-2, seed=0, eps_low=0.2, eps_high=0.2, value_coef=1.0)
+    base = dict(algo="ppo", credit="gae", group_size=4, tasks_per_step=2, minibatch_size=8, ppo_epochs=1,
+                lr=1e-5, critic_lr=5e-2, seed=0, eps_low=0.2, eps_high=0.2, value_coef=1.0, value_clip=10.0)
     return TrainConfig(**(base | kw))
 
 
@@ -89,7 +89,7 @@ def test_value_loss_decreases_on_fixed_batch(kind, tiny, fixed_batch):
 
     start = unclipped_value_mse(critic, model, batch, out.returns)
     logged = []
-    for _ in range(15):  # same batch, same targets
+    for _ in range(6):  # same batch, same targets
         critic.train()
         m = update(cfg, model, optimizer, batch, out, critic=critic)
         logged.append(m["train/value_loss"])

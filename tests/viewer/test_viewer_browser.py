@@ -89,7 +89,7 @@ def test_page_loads_expands_and_colours_tokens_by_advantage(browser, page_file, 
     assert len(groups) == len({r["group_id"] for r in rows})
 
     # expand on click, collapse on a second click
-    body = browser.find_element(By.CSS_SELECTOR, f'.traj[data-id="0"] .traj-body')
+    body = browser.find_element(By.CSS_SELECTOR, '.traj[data-id="0"] .traj-body')
     assert not body.is_displayed()
     heads[0].click()
     assert body.is_displayed() and heads[0].get_attribute("aria-expanded") == "true"

@@ -29,13 +29,13 @@ from turngym.viewer import (
 
 
 def page_data(page: str) -> dict:
-    m = re.search(r'<script type="application/json" id="tg-data">(.*?)</script>', page, re.S)
+    m = re.search(r'<script type="application/json" id="tg-data">(.*?)</script>', page, re.DOTALL)
     assert m is not None, "the page has no embedded data"
     return json.loads(m.group(1))
 
 
 def test_annotate_matches_the_credit_tensors(tok):
-    trajs, batch, out = credited_rollouts(tok, [4], noise=0.5, seed=7)
+    trajs, _, out = credited_rollouts(tok, [4], noise=0.5, seed=7)
     assert len(trajs) == 3
     for r, t in enumerate(trajs):
         rec = t.meta[VIEWER_KEY]

@@ -106,6 +106,8 @@ class StudyConfig:
     """Torch CPU threads per run."""
     out_dir: str = "bench_out/study"
     """Output directory (runs/, sft/, study.md, study_<env>.png, study.json)."""
+    sft_root: str | None = None
+    """Directory of the SFT checkpoints, one per env (reused when their settings match); none = ``out_dir/sft``."""
     keep_checkpoints: bool = False
     """Keep each run's checkpoints (off: deleted after the run; metrics stay)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -227,7 +229,8 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     sft: dict[str, Any] = {}
     specs = []
     for env_id in cfg.envs:
-        path, info = sft_checkpoint(base_config(cfg, env_id), out / "sft" / slug(env_id), log=log)
+        root = Path(cfg.sft_root) if cfg.sft_root else out / "sft"
+        path, info = sft_checkpoint(base_config(cfg, env_id), root / slug(env_id), log=log)
         sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "reused": info.get("reused"),
                        "metrics": info.get("metrics", {})}
         for method in cfg.methods:
@@ -403,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--threshold", type=float, help="absolute success threshold (default: SFT success + 0.10)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--sft-root", help="directory of the per-env SFT checkpoints to reuse / create (default OUT/sft)")
     p.add_argument("--keep-checkpoints", action="store_true")
     return p
 
@@ -417,7 +421,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.envs:
         kw["envs"] = tuple(e.strip() for e in args.envs.split(",") if e.strip())
-    return StudyConfig(out_dir=args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints, **kw)
+    return StudyConfig(out_dir=args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints,
+                       sft_root=args.sft_root, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:

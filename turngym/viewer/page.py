@@ -346,8 +346,8 @@ def _panel_svg(title: str, lines: list[tuple[str, str, bool, list[tuple[float, f
     def sy(y: float) -> float:
         return mt + (1 - (y - y0) / (y1 - y0)) * (h - mt - mb)
 
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">',
+    parts = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+              f'viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">'),
              f'<text x="{ml}" y="14" class="ct">{html.escape(title)}</text>',
              f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" class="cf"/>']
     for frac in (0.0, 0.5, 1.0):
@@ -478,7 +478,7 @@ def make_server(paths: Iterable[str | os.PathLike[str]], *, host: str = "127.0.0
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:
             if self.path.split("?")[0] in ("/", "/index.html"):
                 with lock:
                     try:
@@ -496,7 +496,7 @@ def make_server(paths: Iterable[str | os.PathLike[str]], *, host: str = "127.0.0
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return ThreadingHTTPServer((host, port), Handler)

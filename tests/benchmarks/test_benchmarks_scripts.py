@@ -1,0 +1,125 @@
+"""The side-by-side benchmark scripts: their pieces (fast) and a run of each at a tiny size (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    if name in sys.modules and Path(sys.modules[name].__file__ or "").parent == BENCH:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rounds_of_rebuilds_the_sampler_contexts():
+    from turngym.types import Trajectory, Turn
+
+    overhead = load_script("overhead")
+    a = Trajectory(group_id="g", prompt_ids=[1, 2], turns=[Turn(action_ids=[3, 4, 5], obs_ids=[6]),
+                                                            Turn(action_ids=[7])])
+    b = Trajectory(group_id="g", prompt_ids=[9], turns=[Turn(action_ids=[8])])
+    rounds = overhead.rounds_of([a, b])
+    assert rounds == [([[1, 2], [9]], 3), ([[1, 2, 3, 4, 5, 6]], 1)]
+    # the context of round k plus turn k's action is a prefix of the packed sequence the trainer sees
+    ctx, _ = rounds[1]
+    assert a.token_ids()[: len(ctx[0]) + 1] == ctx[0] + [7]
+
+
+def test_clock_measures_wall_and_cpu():
+    import time
+
+    overhead = load_script("overhead")
+    with overhead.Clock() as c:
+        time.sleep(0.05)
+    assert c.wall >= 0.05
+    assert c.cpu < c.wall  # sleeping costs no CPU
+
+
+def test_floor_train_changes_the_weights_and_floor_generate_runs():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from turngym.types import Trajectory, Turn
+
+    overhead = load_script("overhead")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    trajs = [Trajectory(group_id="g", prompt_ids=[1, 2, 3], turns=[Turn(action_ids=[4, 5], obs_ids=[6]),
+                                                                   Turn(action_ids=[7, 8])]),
+             Trajectory(group_id="g", prompt_ids=[1], turns=[Turn(action_ids=[9])])]
+    before = [p.detach().clone() for p in model.parameters()]
+    clk = overhead.floor_train(model, opt, trajs, minibatch_size=2, pad_id=0)
+    assert clk.wall > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert overhead.floor_generate(model, overhead.rounds_of(trajs), pad_id=0).wall > 0
+
+
+def test_arith_env_passes_check_env_and_scores_answers():
+    vs_trl = load_script("vs_trl")
+    vs_trl.register_env()
+    from turngym.envs import check_env, make
+
+    env = make(vs_trl.ENV_ID)
+    check_env(env)
+    msgs, info = env.reset(seed=3)
+    gold = info["task"]["gold_answer"]
+    assert gold in {str(eval(msgs[-1]["content"].removeprefix("What is ").rstrip("?")))}  # noqa: S307 - test only
+    assert env.step(f"<answer>{gold}</answer>")[1] == 1.0
+    env.reset(seed=3)
+    assert env.step(f"<answer>{int(gold) + 1}</answer>")[1] == 0.0
+    env.reset(seed=3)
+    _, r, term, trunc, _ = env.step("no answer")
+    assert r == 0.0 and (term or trunc)  # one turn only
+
+
+@pytest.mark.slow
+def test_overhead_script_tiny(tmp_path, capsys):
+    overhead = load_script("overhead")
+    out = tmp_path / "o.json"
+    res = overhead.main(["--tasks", "2", "--group", "2", "--max-new-tokens", "8", "--max-turns", "2",
+                         "--repeats", "1", "--warmup", "0", "--cache-dir", str(tmp_path / "cache"),
+                         "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "Overhead vs floor" in text and "load average" in text
+    row = res["rows"][0]
+    assert row["trajectories"] == 4 and 1 <= row["rounds"] <= 2
+    assert 0 < row["sampled_tokens"] <= row["floor_sampled_tokens"] <= 4 * 2 * 8
+    assert row["trained_tokens"] > row["sampled_tokens"]
+    assert res["floor_s"]["generate"] > 0 and res["floor_s"]["train"] > 0
+    assert res["turngym_s"]["step"] >= res["turngym_s"]["rollout"] + res["turngym_s"]["update"]
+    assert json.loads(out.read_text())["config"]["env"] == "search/HopQA-v0"
+
+
+@pytest.mark.slow
+def test_vs_trl_script_tiny(tmp_path, capsys):
+    pytest.importorskip("trl")
+    pytest.importorskip("datasets")
+    vs_trl = load_script("vs_trl")
+    res = vs_trl.main(["--tasks", "2", "--group", "2", "--max-new-tokens", "8", "--steps", "2", "--warmup", "1",
+                       "--no-tensorboard", "--cache-dir", str(tmp_path / "cache")])
+    text = capsys.readouterr().out
+    assert "turngym / TRL time per step" in text
+    assert res["config"]["same_prompt_ids"] is True
+    assert len(res["per_step"]["trl"]) == len(res["per_step"]["turngym"]) == 3
+    lens = res["mean_completion_tokens"]
+    assert 0 < lens["turngym"] <= 8 and 0 < lens["trl"] <= 8
+    assert res["trl_s"]["step"] > 0 and res["turngym_s"]["step"] > 0 and res["ratio_median"] > 0
+    assert "transformers.generate" in res["trl_profile_s"]

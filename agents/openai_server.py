@@ -97,7 +97,7 @@ class CompletionServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> CompletionServer:
+    def __enter__(self) -> CompletionServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -161,6 +161,7 @@ class HFPolicy:
         prefix_cache_bytes: int = 2 << 30,
     ):
         import torch
+
         from turngym.agents.kv import PrefixCache, cache_support
 
         self.model = model
@@ -250,6 +251,7 @@ class HFPolicy:
 
     def _generate_batch(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
         import torch
+
         from turngym.agents.kv import Entry, new_cache
 
         dev = self.device
@@ -587,11 +589,12 @@ class VLLMPolicy:
 
         self.tokenizer = tokenizer
         self.stop_token_ids = default_stop_ids(tokenizer)
-        kw: dict[str, Any] = {"seed": seed, "skip_tokenizer_init": False, "enable_prefix_caching": True}
+        kw: dict[str, Any] = {"seed": seed, "skip_tokenizer_init": False, "enable_prefix_caching": True,
+                              "worker_extension_cls": "turngym.agents.vllm_ext.WeightSync"}
         kw.update(engine_kwargs)
         try:
             self.llm = LLM(model=model_path, logprobs_mode="raw_logprobs", **kw)
-        except TypeError:
+        except TypeError:  # older vLLM without logprobs_mode
             self.llm = LLM(model=model_path, **kw)
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
@@ -628,22 +631,32 @@ class VLLMPolicy:
         return samples
 
     def load_weights(self, named_tensors) -> None:
-        """Copy ``(name, tensor)`` pairs (e.g. ``model.state_dict().items()``) into the running engine."""
-        weights = list(named_tensors)
-        engine = self.llm.llm_engine
-        try:  # vLLM >= 0.10 (V1): run on every worker
-            self.llm.collective_rpc(_vllm_load_weights, args=(weights,))
-            return
-        except (AttributeError, TypeError, NotImplementedError):
-            pass
-        model = engine.model_executor.driver_worker.model_runner.model  # older single-process engines
-        model.load_weights(weights)
+        """Copy ``(name, tensor)`` pairs (e.g. ``model.state_dict().items()``) into the running engine.
+
+        The tensors are written to a temporary safetensors file that every worker loads
+        (`turngym.agents.vllm_ext.WeightSync`, through ``collective_rpc``; workers must see the same file
+        system); then vLLM's prefix cache is dropped (its keys/values belong to the old weights).
+        """
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        weights, seen = {}, set()
+        for k, v in named_tensors:
+            t = v.detach().to("cpu").contiguous()
+            if t.data_ptr() in seen:  # tied weights (lm_head = embeddings): safetensors wants separate storage
+                t = t.clone()
+            seen.add(t.data_ptr())
+            weights[str(k)] = t
+        fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="turngym-weights-")
+        os.close(fd)
+        try:
+            save_file(weights, path)
+            self.llm.collective_rpc("turngym_load_weights_file", args=(path,))
+        finally:
+            os.unlink(path)
         self.llm.reset_prefix_cache()
-
-
-def _vllm_load_weights(worker, weights):  # runs inside a vLLM worker
-    worker.model_runner.model.load_weights(weights)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------- registry

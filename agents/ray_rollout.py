@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 from turngym.agents.policy import SamplingParams
 from turngym.agents.rollout import RolloutStats
@@ -263,10 +264,10 @@ class RayRolloutPool:
             ray.kill(w)
         self.workers = []
 
-    def __enter__(self) -> RayRolloutPool:
+    def __enter__(self):
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -40,7 +40,6 @@ from typing import Any
 
 from turngym.agents.policy import Sample, SamplingParams, decode_action, with_max_new_tokens
 from turngym.agents.render import Renderer
-
 from turngym.errors import ConfigError, EnvError
 from turngym.registry import Registry
 from turngym.types import Trajectory, Turn, write_jsonl
@@ -179,14 +178,14 @@ class RolloutEngine:
         for env in self._pool:
             try:
                 env.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:  # noqa: BLE001, S110 - closing is best effort
                 pass
         self._pool.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    def __enter__(self) -> RolloutEngine:
+    def __enter__(self) -> RolloutEngine:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -177,6 +177,7 @@ def env_texts(env_id: str, n_seeds: int = 64, expert_noise: float = 0.3, env_kwa
     yielding every message content, action and the JSON tool schemas.
     """
     import numpy as np
+
     from turngym.envs import make
 
     env = make(env_id, **(env_kwargs or {}))

@@ -37,8 +37,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
+from typing import Any, Self
 
 # ----------------------------------------------------------------------------------------------- machine
 
@@ -78,12 +77,12 @@ class Clock:
     of the two (with one torch thread it is close to the wall time on an idle machine).
     """
 
-    def __enter__(self) -> Clock:
+    def __enter__(self) -> Self:
         self.wall = self.cpu = 0.0
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._w
         self.cpu = time.process_time() - self._c
 
@@ -103,7 +102,8 @@ class StepResult:
 class GRPOStepper:
     """The body of `turngym.trainers.grpo.train`'s step loop, one call per step (same functions, same order).
 
-    Kept in sync by hand with ``grpo.train``; the run log, providers, NaN guard and optimizer are built as there.
+    Kept in sync by hand with ``grpo.train`` (no KL reference model, no dynamic sampling, no mid-run evaluation or
+    checkpoint); the run log, providers, NaN guard and optimizer are built as there.
     """
 
     def __init__(self, cfg, setup, run_dir: str):
@@ -127,6 +127,7 @@ class GRPOStepper:
         from turngym.trainers import common, grpo
         from turngym.trainers.forward import batch_logprobs
         from turngym.trainers.update import update
+        from turngym.viewer import annotate
 
         cfg, s, step = self.cfg, self.s, self.step_index
         times: dict[str, float] = {}
@@ -145,16 +146,19 @@ class GRPOStepper:
 
         t0 = time.perf_counter()
         batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
+        metrics |= common.overlong_shaping(cfg, batch)
         times["pack"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if batch.old_logprobs is None:
             batch.old_logprobs = batch_logprobs(s.model, batch)
+        batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
         times["old_logprobs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
+        annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
         metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
         metrics["rollout/zero_var_groups"] = grpo.zero_var_groups(batch)
-        times["credit"] = time.perf_counter() - t0
+        times["credit"] = time.perf_counter() - t0  # credit + viewer annotations
 
         t0, c0 = time.perf_counter(), time.process_time()
         if self.guard.check(step + 1, advantages=out.advantages):
@@ -370,15 +374,15 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"### Framework overhead: one GRPO step on {c['env']} ({m['date_utc']})",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} thread(s); "
+        (f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} thread(s); "
         f"load average {m['load_avg_start']} at start, {m['load_avg_end']} at end (shared machine). "
         f"Model: tiny Llama {c['size']} ({c['params'] / 1e6:.2f}M params), {c['tasks']} tasks x G={c['group']}, "
         f"max_new_tokens={c['max_new_tokens']}, credit={c['credit']}, minibatch={c['minibatch']}, "
-        f"SFT warm start {c['sft_steps']} steps. Medians over {c['repeats']} steps after {c['warmup']} warm-up.",
+        f"SFT warm start {c['sft_steps']} steps. Medians over {c['repeats']} steps after {c['warmup']} warm-up."),
         "",
-        f"Per step: {last['trajectories']} trajectories, {last['rounds']} rounds, mean {last['turns']:.2f} turns, "
+        (f"Per step: {last['trajectories']} trajectories, {last['rounds']} rounds, mean {last['turns']:.2f} turns, "
         f"{last['tool_calls']} tool calls, {last['sampled_tokens']} sampled tokens, {last['trained_tokens']} "
-        "trained tokens (last step).",
+        "trained tokens (last step)."),
         "",
         "| arm | part | wall s (median) | CPU s (median) |",
         "| --- | --- | ---: | ---: |",
@@ -398,11 +402,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"| floor | fwd/bwd/opt, same tokens | {fl['train']:.2f} | {fl['train_cpu']:.2f} |",
         f"| floor | total | {fl['total']:.2f} | {fl['total_cpu']:.2f} |",
         "",
-        f"**Overhead vs floor: {100 * res['overhead_median']:+.1f}% wall, {100 * res['overhead_cpu_median']:+.1f}% "
+        (f"**Overhead vs floor: {100 * res['overhead_median']:+.1f}% wall, {100 * res['overhead_cpu_median']:+.1f}% "
         f"CPU** (medians of per-step ratios; wall {res['overhead_per_rep']}, CPU {res['overhead_cpu_per_rep']}; "
         f"target <= +30%). Inside turngym, model-calling code (policy.generate + update) took {model_in_tg:.2f} s "
         f"of the {tg['step']:.2f} s step; everything else {tg['step'] - model_in_tg:.2f} s "
-        f"({100 * (tg['step'] - model_in_tg) / max(model_in_tg, 1e-9):.1f}% on top).",
+        f"({100 * (tg['step'] - model_in_tg) / max(model_in_tg, 1e-9):.1f}% on top)."),
     ]
     return "\n".join(lines)
 

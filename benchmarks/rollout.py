@@ -72,9 +72,9 @@ def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_tur
 def markdown(r: dict) -> str:
     c = r["config"]
     lines = [
-        f"HopQA, tiny model ({c['params'] / 1e6:.2f}M params, {c['size']}), {c['n_envs']} envs x G={c['group']}, "
-        f"max_new_tokens={c['max_new_tokens']}, {c['threads']} torch thread(s), device {c['device']}, "
-        f"load avg {c['load_avg']:.1f}",
+        (f"HopQA, tiny model ({c['params'] / 1e6:.2f}M params, {c['size']}), {c['n_envs']} envs x G={c['group']}, "
+         f"max_new_tokens={c['max_new_tokens']}, {c['threads']} torch thread(s), device {c['device']}, "
+         f"load avg {c['load_avg']:.1f}"),
         "",
         "| mode | trajectories | sampled tokens | wall s | traj/s | tok/s | generate | env+tools | render |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

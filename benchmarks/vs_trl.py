@@ -39,9 +39,9 @@ from typing import Any
 for _k, _v in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_k, _v)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import GRPOStepper, machine_info, median  # noqa: E402
+from overhead import GRPOStepper, machine_info, median
 
-from turngym.envs.core import Env, Task  # noqa: E402
+from turngym.envs.core import Env, Task
 
 ENV_ID = "bench/Arith-v0"
 
@@ -286,8 +286,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"| turngym | whole step | {tg['step']:.3f} | {tg['step_cpu']:.3f} |",
         f"| turngym | - rollout | {tg['rollout']:.3f} | {tg['rollout_cpu']:.3f} |",
         f"| turngym | -- inside policy.generate | {tg['rollout.generate_s']:.3f} | |",
-        f"| turngym | -- env reset/step + render | "
-        f"{tg['rollout.env_s'] + tg['rollout.render_s'] + tg['rollout.setup_s']:.3f} | |",
+        (f"| turngym | -- env reset/step + render | "
+        f"{tg['rollout.env_s'] + tg['rollout.render_s'] + tg['rollout.setup_s']:.3f} | |"),
         f"| turngym | - pack + credit | {tg['pack'] + tg['credit']:.3f} | |",
         f"| turngym | - update (fwd/bwd/opt) | {tg['update']:.3f} | {tg['update_cpu']:.3f} |",
         f"| turngym | - metrics + run log | {tg['log']:.3f} | |",

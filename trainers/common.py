@@ -231,6 +231,24 @@ def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
     return []
 
 
+def overlong_shaping(cfg: TrainConfig, batch: Any) -> dict[str, float]:
+    """DAPO overlong shaping (``overlong_buffer > 0``): add the length penalty of each row's sampled tokens to its
+    final reward, i.e. to ``batch.outcome`` ``[B]`` and to its last turn's env reward in ``batch.turn_rewards``
+    ``[B, K]`` (read by step-reward methods such as GiGPO). Returns the ``dapo/overlong_penalty`` metric."""
+    if cfg.overlong_buffer <= 0:
+        return {}
+    from turngym.trainers.losses import overlong_penalty
+
+    lengths = batch.action_mask.sum(1)  # [B]
+    pen = overlong_penalty(lengths, max_len=cfg.max_traj_tokens, buffer_len=cfg.overlong_buffer,
+                           penalty_factor=cfg.overlong_penalty).to(batch.outcome.dtype)
+    batch.outcome = batch.outcome + pen
+    last = batch.last_turn_index  # [B], -1 for rows without turns
+    add = torch.where(last >= 0, pen, torch.zeros_like(pen)).to(batch.turn_rewards.dtype)
+    batch.turn_rewards = batch.turn_rewards.scatter_add(1, last.clamp(min=0)[:, None], add[:, None])
+    return {"dapo/overlong_penalty": float(pen.mean())}
+
+
 def rule_prm(trajs: list[Trajectory]) -> list[Trajectory]:
     """PURE's ``prm`` turn signal from the rule judge's ``judge_action`` (PR in {-1, 0, +1}), no PRM model."""
     for t in trajs:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from turngym.credit.base import GroupBatch
-from turngym.trainers.forward import Chunk, chunk_logprobs, iter_chunks
 
+from turngym.credit.base import GroupBatch
 from turngym.registry import Registry
+from turngym.trainers.forward import Chunk, chunk_logprobs, iter_chunks
 
 __all__ = ["CRITICS", "Critic", "HeadCritic", "SeparateCritic", "build_critic", "hidden_size"]
 

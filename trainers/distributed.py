@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from turngym.errors import ConfigError
 from turngym.registry import Registry
+
+_CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     backend: str = "none"
-    device: torch.device = torch.device("cpu")
+    device: torch.device = _CPU
 
     @property
     def is_main(self) -> bool:
@@ -82,14 +85,14 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
     import torch.distributed as dist
 
     cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         dev = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     else:
         dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not dist.is_initialized():
         return DistInfo(device=dev)
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -48,8 +48,11 @@ def iter_chunks(batch: GroupBatch, rows: Tensor, chunk_size: int) -> Iterator[Ch
         yield Chunk(idx, ids, mask.long(), pos, p, length)
 
 
-def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidden: bool = False):
+def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidden: bool = False,
+                   entropy_grad: bool = True):
     """Log-probs (and optionally entropies / last hidden states) of a chunk's response tokens.
+
+    ``entropy_grad=False`` computes the entropy for logging only (no autograd graph over the vocabulary).
 
     Returns:
         ``logp`` ``[b, l]``, ``entropy`` ``[b, l]`` or None, ``hidden`` ``[b, l, H]`` or None.
@@ -60,12 +63,16 @@ def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidd
         position_ids=chunk.position_ids,
         use_cache=False,
         output_hidden_states=with_hidden,
+        logits_to_keep=chunk.length + 1,  # no LM head over the prompt columns
     )
-    # logits at p-1 .. p+l-2 predict response tokens 0 .. l-1
-    logits = out.logits[:, chunk.p - 1: chunk.p - 1 + chunk.length].float()  # [b, l, V]
+    # the kept logits are positions p-1 .. p+l-1; the first l predict response tokens 0 .. l-1
+    logits = out.logits[:, : chunk.length].float()  # [b, l, V]
     targets = chunk.input_ids[:, chunk.p: chunk.p + chunk.length]  # [b, l]
     logp = token_logprobs(logits, targets)
-    ent = entropy_from_logits(logits) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = entropy_from_logits(logits if entropy_grad else logits.detach())
     hidden = out.hidden_states[-1][:, chunk.p - 1: chunk.p - 1 + chunk.length] if with_hidden else None
     return logp, ent, hidden
 

@@ -38,7 +38,6 @@ from turngym.trainers import common
 from turngym.trainers.checkpoint import capture_rng, load_latest, save_checkpoint
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
-from turngym.trainers.losses import overlong_penalty
 from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
@@ -92,12 +91,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- 3. credit
         t0 = time.perf_counter()
         batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-        if cfg.overlong_buffer > 0:
-            lengths = batch.action_mask.sum(1)  # [B]
-            pen = overlong_penalty(lengths, max_len=cfg.max_traj_tokens, buffer_len=cfg.overlong_buffer,
-                                   penalty_factor=cfg.overlong_penalty)
-            batch.outcome = batch.outcome + pen
-            metrics["dapo/overlong_penalty"] = float(pen.mean())
+        metrics |= common.overlong_shaping(cfg, batch)
         if batch.old_logprobs is None:
             batch.old_logprobs = batch_logprobs(s.model, batch)
         if ref_model is not None:
@@ -132,7 +126,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         run.log_trajectories(step + 1, trajs)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             checkpoint(cfg, run, s.model, optimizer, step + 1, guard, before)
 
     # --- final evaluation, checkpoint and report

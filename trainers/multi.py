@@ -75,13 +75,12 @@ class Learner:
 
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     """Run multi-agent RL end to end; returns a summary (team success before/after, run directory)."""
-    from turngym.agents.multi_rollout import Actor
-
     CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
     if cfg.resume:
         raise ConfigError("algo=multi does not support --resume yet; start a new run (run_dir=...).")
-    tok, renderer, device, roles = build_tokenizer(cfg)
-    learners = build_learners(cfg, tok, renderer, device, roles)
+    tok, renderer, device, roles, base = build_tokenizer(cfg)
+    learners = build_learners(cfg, tok, renderer, device, roles, base)
+    del base
     run = RunLog(cfg.run_dir, cfg, console=console)
     rng = np.random.default_rng([cfg.seed, 5])
 
@@ -99,8 +98,8 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- 1. rollout (who plays which seat)
         t0 = time.perf_counter()
         actors, trained_roles = seat_actors(cfg, learners, renderer, roles, pool, step, rng)
-        trajs, stats = rollout(cfg, actors, common.task_seeds(cfg, step), cfg.group_size,
-                               sample_seed=step_seed(cfg, step))
+        trajs, _ = rollout(cfg, actors, common.task_seeds(cfg, step), cfg.group_size,
+                           sample_seed=step_seed(cfg, step))
         rollout_s = time.perf_counter() - t0
         metrics = rollout_metrics(trajs)
 
@@ -174,7 +173,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
 
 
 def build_tokenizer(cfg: TrainConfig):
-    """The shared tokenizer and base renderer, the device and the env's agents.
+    """The shared tokenizer, base renderer, device, the env's agents and the initial model.
 
     The tiny tokenizer is trained on every role's text from the scripted policies (`multi_env_texts`).
     """
@@ -189,30 +188,24 @@ def build_tokenizer(cfg: TrainConfig):
     roles = list(env.possible_agents)
     env.close()
     device = common.resolve_device(cfg.device)
-    _, tok = load_policy_model(cfg.model, **model_kwargs(cfg, device))
-    return tok, Renderer(tok), device, roles
-
-
-def model_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    from turngym.agents.multi_rollout import multi_env_texts
-
     kw: dict[str, Any] = {"env_id": cfg.env_id, "cache_dir": cfg.cache_dir, "device": str(device),
                           "dtype": common.resolve_dtype(cfg.dtype, device)}
     if cfg.model == "tiny":
-        kw |= {"size": cfg.model_size, "texts": lambda: multi_env_texts(cfg.env_id, env_kwargs=cfg.env_kwargs)}
-    return kw
+        kw |= {"size": cfg.model_size, "texts": multi_env_texts(cfg.env_id, env_kwargs=cfg.env_kwargs)}
+    model, tok = load_policy_model(cfg.model, **kw)
+    return tok, Renderer(tok), device, roles, model
 
 
-def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str]) -> list[Learner]:
-    """One learner (``shared``, ``self_play``) or one per role (``separate``), each with its own model copy."""
+def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str], base_model) -> list[Learner]:
+    """One learner (``shared``, ``self_play``) or one per role (``separate``), each with its own copy of
+    ``base_model`` (the same initial weights)."""
     from turngym.agents.policy import HFPolicy
-    from turngym.agents.tiny import load_policy_model
 
     groups = [[r] for r in roles] if cfg.multi_mode == "separate" else [list(roles)]
     names = roles if cfg.multi_mode == "separate" else ["learner" if cfg.multi_mode == "self_play" else "shared"]
     out = []
     for i, (name, rs) in enumerate(zip(names, groups)):
-        model, _ = load_policy_model(cfg.model, **model_kwargs(cfg, device))
+        model = copy.deepcopy(base_model)
         if cfg.lora:
             model = common.apply_lora(model, cfg)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,

@@ -44,21 +44,20 @@ import time
 from typing import Any
 
 import torch
+
 from turngym.credit import CREDIT, GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
+from turngym.errors import ConfigError
 from turngym.trainers import common
 from turngym.trainers.checkpoint import load_latest
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
 from turngym.trainers.forward import batch_logprobs
 from turngym.trainers.grpo import checkpoint, frozen_copy, sample, zero_var_groups
-from turngym.trainers.losses import overlong_penalty
 from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
 from turngym.trainers.update import update
-
-from turngym.errors import ConfigError
 
 
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
@@ -114,12 +113,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- 3. values of the behaviour-time critic, 4. credit (GAE / BAD over policy tokens)
         t0 = time.perf_counter()
         batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-        if cfg.overlong_buffer > 0:
-            lengths = batch.action_mask.sum(1)  # [B]
-            pen = overlong_penalty(lengths, max_len=cfg.max_traj_tokens, buffer_len=cfg.overlong_buffer,
-                                   penalty_factor=cfg.overlong_penalty)
-            batch.outcome = batch.outcome + pen
-            metrics["dapo/overlong_penalty"] = float(pen.mean())
+        metrics |= common.overlong_shaping(cfg, batch)
         if batch.old_logprobs is None:
             batch.old_logprobs = batch_logprobs(s.model, batch)
         if ref_model is not None:

@@ -274,7 +274,9 @@ def _find_benchmarks() -> Path | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
-    from turngym.bench import BENCHMARKS  # packaged benchmarks (credit-accuracy, study): work from a wheel too
+    from turngym.bench import (
+        BENCHMARKS,  # packaged benchmarks (credit-accuracy, study): work from a wheel too
+    )
 
     if args.name in BENCHMARKS:
         return _delegate(BENCHMARKS[args.name], f"`turngym bench {args.name}`", args.rest)

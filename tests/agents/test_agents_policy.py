@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from turngym.agents.policy import HFPolicy, OpenAIPolicy, SamplingParams, ScriptedPolicy, score_sequence
 from turngym.agents.render import Renderer
-
 from turngym.errors import ConfigError
 
 PROMPT = [{"role": "system", "content": "Answer the question by searching."},

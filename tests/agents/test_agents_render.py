@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from turngym.agents.render import Renderer
 from turngym.agents.tiny import build_tokenizer
-
 from turngym.errors import RenderError
 
 TEXTS = ["Find the founder of Zentrix.", "<search>founder of Zentrix</search>", "<answer>Mira Tal</answer>"] * 10

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gymnasium
 import pytest
 import torch
+
 from turngym.agents.policy import HFPolicy, SamplingParams, ScriptedPolicy, score_sequence
 from turngym.agents.render import Renderer
 from turngym.agents.rollout import collect_rollouts, group_normalize, summarize
-
 from turngym.types import read_jsonl
 
 ENV_ID = "search/HopQA-v0"

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from turngym.agents.tiny import (
     TINY_CHAT_TEMPLATE,
     TINY_SIZES,
@@ -15,7 +16,6 @@ from turngym.agents.tiny import (
     load_policy_model,
     tiny_cache_path,
 )
-
 from turngym.errors import ConfigError, RegistryError
 
 TEXTS = ["Find the founder of Zentrix.", "<search>founder of Zentrix</search>", "<answer>Mira Tal</answer>"] * 10

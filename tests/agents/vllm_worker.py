@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     from transformers import AutoTokenizer
+
     from turngym.agents.policy import SamplingParams, VLLMPolicy
 
     with open(sys.argv[1]) as f:
@@ -34,6 +35,8 @@ def main() -> None:
         turns.append([{"ids": s.ids, "logprobs": s.logprobs, "finish_reason": s.finish_reason} for s in samples])
         ctxs = [c + s.ids + spec["obs"] for c, s in zip(ctxs, samples)]
     out = {"turns": turns, "contexts": ctxs}
+    with open(sys.argv[2], "w") as f:  # written before the reload so a reload failure keeps these results
+        json.dump(out, f)
     if spec.get("perturb"):
         import torch
         from safetensors.torch import load_file

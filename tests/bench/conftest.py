@@ -15,3 +15,16 @@ def sft_dir(tmp_path_factory):
     the tiny SFT start, the others reuse it (same settings)."""
     torch.set_num_threads(1)
     return tmp_path_factory.mktemp("bench_sft")
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(sft_dir):
+    """``(setup, run_cfg)`` of the tiny SFT policy loaded from its saved checkpoint (trained on first use)."""
+    from turngym.bench.sft import sft_checkpoint
+    from turngym.trainers import common
+    from turngym.trainers.config import TrainConfig
+
+    cfg = TrainConfig(torch_threads=1, tensorboard=False, progress=False, report=False, **TINY_SFT)
+    path, _ = sft_checkpoint(cfg, sft_dir / "search_HopQA-v0")
+    run_cfg = cfg.replace(model=str(path), sft_steps=0)
+    return common.setup(run_cfg), run_cfg

@@ -15,9 +15,11 @@ from turngym.bench.credit_accuracy import (
     CreditAccuracyConfig,
     add_progress_anchors,
     decisive_mass_share,
+    fill_signals,
     mc_turn_values,
     per_turn_advantages,
     run,
+    score_batch,
     spearman,
     turn_ground_truth,
 )
@@ -135,6 +137,47 @@ def test_quick_run_writes_table_chart_and_a_row_per_method(tmp_path, sft_dir):
                 assert math.isnan(rho) or -1.0 <= rho <= 1.0
         else:
             assert r["status"] == "n/a" and r["note"]
-    # every signal this env can provide is produced: only PURE (needs a PRM) is n/a
-    assert {n for n, r in rows.items() if r["status"] != "ok"} == {"pure"}
+    # PURE (needs a PRM) and the multi-agent team credit are n/a; SIOP only if no rollout answered
+    na = {n for n, r in rows.items() if r["status"] != "ok"}
+    assert {"pure", "team-difference"} <= na <= {"pure", "team-difference", "siop"}
     assert summary["batch"]["trajectories"] == 6 and 0.0 <= summary["batch"]["decisive_token_share"] <= 1.0
+
+
+def test_expert_rollouts_ground_truth_and_outcome_only_share(tiny_setup):
+    from turngym.agents.policy import SamplingParams, ScriptedPolicy
+    from turngym.agents.rollout import collect_rollouts
+
+    s, run_cfg = tiny_setup
+    params = SamplingParams(max_new_tokens=64)
+    # noise-free expert on the real env: the sampled decisive turns are exactly the task's gold decisive turns and
+    # the ground-truth values follow the gold turn values (answer turn: the outcome)
+    clean = collect_rollouts("search/HopQA-v0", ScriptedPolicy(s.tokenizer, noise=0.0, seed=0), s.renderer,
+                             [11, 12, 13, 14], 1, params=params)
+    v, dv, dec = turn_ground_truth(clean, max(len(t.turns) for t in clean))
+    for i, t in enumerate(clean):
+        n = len(t.turns)
+        assert t.outcome == 1.0 and t.final_answer is not None
+        assert [k for k in range(n) if dec[i, k]] == t.meta["decisive_turns"]
+        assert v[i, :n].tolist() == pytest.approx(t.meta["gold_turn_values"][1:] + [1.0])
+        assert float(dv[i, :n].sum()) == pytest.approx(1.0)
+    # noisy expert groups: every single-agent method with producible signals runs on the same batch, and
+    # outcome-only GRPO's share is the |A_i|-weighted fraction of decisive policy tokens (A_i constant per row)
+    noisy = collect_rollouts("search/HopQA-v0", ScriptedPolicy(s.tokenizer, noise=0.5, seed=3), s.renderer,
+                             [21, 22, 23, 24], 4, params=params)
+    fill_signals(noisy, run_cfg, s)
+    rows, stats = score_batch(noisy, s.model, s.pad_id, list(CREDIT.names()))
+    rows = {r.method: r for r in rows}
+    assert {m for m, r in rows.items() if r.status != "ok"} == {"pure", "team-difference"}
+    _, _, dec = turn_ground_truth(noisy, max(len(t.turns) for t in noisy))
+    num = den = 0.0
+    for g in {t.group_id for t in noisy}:
+        idx = [i for i, t in enumerate(noisy) if t.group_id == g]
+        r = torch.tensor([noisy[i].outcome for i in idx])
+        a = (r - r.mean()) / (r.std() + 1e-6) if len(idx) > 1 else r
+        for i, ai in zip(idx, a.tolist()):
+            toks = [len(u.action_ids) for u in noisy[i].turns]
+            num += abs(ai) * sum(n for k, n in enumerate(toks) if dec[i, k])
+            den += abs(ai) * sum(toks)
+    assert den > 0, "the noisy expert should give groups with different outcomes"
+    assert rows["grpo"].decisive_share == pytest.approx(num / den, abs=1e-5)
+    assert stats["decisive_turns"] == int(dec.sum()) and stats["trajectories"] == 16

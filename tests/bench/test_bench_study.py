@@ -79,6 +79,11 @@ def test_aggregate_threshold_and_final_success():
     assert rows["b"]["ok"] == 1 and rows["b"]["runs"] == 2 and rows["b"]["failures"] == ["failed: RuntimeError: boom"]
 
 
+def test_cli_lists_the_packaged_benchmarks(capsys):
+    assert cli.main(["bench"]) == 0
+    assert "credit-accuracy, study (packaged)" in capsys.readouterr().out
+
+
 def test_cli_unknown_method_is_rejected_before_any_work(tmp_path, capsys):
     rc = cli.main(["bench", "study", "--quick", "--methods", "a2tgp", "--out", str(tmp_path / "s")])
     assert rc != 0 and "a2tgpo" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_arith_env_passes_check_env_and_scores_answers():
     check_env(env)
     msgs, info = env.reset(seed=3)
     gold = info["task"]["gold_answer"]
-    assert gold in {str(eval(msgs[-1]["content"].removeprefix("What is ").rstrip("?")))}  # noqa: S307 - test only
+    assert gold in {str(eval(msgs[-1]["content"].removeprefix("What is ").rstrip("?")))}
     assert env.step(f"<answer>{gold}</answer>")[1] == 1.0
     env.reset(seed=3)
     assert env.step(f"<answer>{int(gold) + 1}</answer>")[1] == 0.0

@@ -68,7 +68,8 @@ def test_separate_policies_token_fidelity(team_tiny):
         own = score_sequence(m_s, ids)  # own[i] = log p(ids[i] | ids[:i])
         got = [own[i] for i in pos]
         assert np.allclose(got, sampled, atol=1e-4)
-        other = [score_sequence(m_a, ids)[i] for i in pos]
+        theirs = score_sequence(m_a, ids)
+        other = [theirs[i] for i in pos]
         assert not np.allclose(other, sampled, atol=1e-2)
         # the mask covers exactly the sampled ids, turn by turn; tool outputs are observation tokens
         assert [ids[i] for i in pos] == [x for u in t.turns for x in u.action_ids]
@@ -101,7 +102,8 @@ def test_answerer_context_holds_the_notes_only_as_observation(team_tiny):
     note_ids = tok.encode(notes, add_special_tokens=False)
     text = tok.decode(ans.prompt_ids)
     assert notes in text  # the notes are in the answerer's prompt (mask 0 by construction: prompt tokens)
-    assert len(mask) == len(ids) - len(ans.prompt_ids) or len(mask) == len(ids)
+    assert len(mask) == len(ids) and not any(mask[: len(ans.prompt_ids)])  # the notes carry no loss
+    assert sum(mask) == sum(len(u.action_ids) for u in ans.turns)
     # no sampled span of the answerer equals the searcher's notes
     sampled = [x for u in ans.turns for x in u.action_ids]
     assert note_ids != sampled[: len(note_ids)]
@@ -117,8 +119,8 @@ def _recorded(policies, seed):
 
 def test_counterfactual_difference_rewards_blame_the_right_role():
     rng = np.random.default_rng(0)
-    expert = lambda env, a, _o: env.expert_action(a, rng, 0.0)  # noqa: E731
-    wrong = lambda env, a, _o: "<answer>Nobody</answer>"  # noqa: E731
+    expert = lambda env, a, _o: env.expert_action(a, rng, 0.0)
+    wrong = lambda env, a, _o: "<answer>Nobody</answer>"
     good = _recorded({SEARCHER: expert, ANSWERER: expert}, 11)
     bad_answer = _recorded({SEARCHER: expert, ANSWERER: wrong}, 11)
     bad_notes = _recorded({SEARCHER: lambda env, a, o: "<answer>no idea</answer>", ANSWERER: expert}, 11)

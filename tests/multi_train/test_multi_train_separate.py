@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pytest
 import torch
 
 import turngym
@@ -26,8 +25,8 @@ class ParityTeam(TextAECEnv):
     """``speaker_0`` writes anything; ``listener_0`` reads it and writes anything; the team wins when the two texts'
     lengths add up to an even number (a cooperative game any random policy wins about half the time)."""
 
-    possible_agents = ["speaker_0", "listener_0"]
-    metadata = {"name": "parity_team_v0", "render_modes": ["ansi"], "is_parallelizable": False}
+    possible_agents = ["speaker_0", "listener_0"]  # noqa: RUF012 - the PettingZoo attribute
+    metadata = {"name": "parity_team_v0", "render_modes": ["ansi"], "is_parallelizable": False}  # noqa: RUF012
 
     def _start(self, rng, options):
         self.send("speaker_0", "Say something to your partner.", role="system")
@@ -63,9 +62,9 @@ def _learners(cfg, tok, models):
 
 
 def _cfg(**kw):
-    base = dict(env_id=PARITY_ID, algo="multi", multi_mode="separate", credit="grpo", tasks_per_step=2,
-                group_size=4, minibatch_size=8, max_new_tokens=6, max_traj_tokens=64, lr=1e-3, temperature=1.0,
-                torch_threads=1, sft_steps=0, eval_tasks=0)
+    base = {"env_id": PARITY_ID, "algo": "multi", "multi_mode": "separate", "credit": "grpo", "tasks_per_step": 2,
+            "group_size": 4, "minibatch_size": 8, "max_new_tokens": 6, "max_traj_tokens": 64, "lr": 1e-3,
+            "temperature": 1.0, "torch_threads": 1, "sft_steps": 0, "eval_tasks": 0}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -78,7 +77,7 @@ def test_separate_policies_both_change_and_losses_stay_apart(team_tiny):
     rng = np.random.default_rng(0)
     trained_steps = {ln.name: 0 for ln in learners}
     for step in range(3):
-        actors, trained = seat_actors(cfg, learners, r, ["speaker_0", "listener_0"], [], step, rng)
+        actors, _ = seat_actors(cfg, learners, r, ["speaker_0", "listener_0"], [], step, rng)
         assert actors["speaker_0"].policy is learners[0].policy and actors["listener_0"].policy is learners[1].policy
         trajs, _ = rollout(cfg, actors, [10 * step, 10 * step + 1], cfg.group_size, sample_seed=step)
         assert len(trajs) == 2 * cfg.group_size * 2

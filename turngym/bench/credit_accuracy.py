@@ -63,10 +63,13 @@ __all__ = [
     "CreditAccuracyConfig",
     "MethodResult",
     "decisive_mass_share",
+    "fill_signals",
     "main",
     "mc_turn_values",
     "per_turn_advantages",
+    "rollout_batch",
     "run",
+    "score_batch",
     "spearman",
     "turn_ground_truth",
 ]
@@ -77,6 +80,8 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {"gae": {"lam": 1.0}, "ppo-bad": {
 #: Why a method cannot run on HopQA rollouts (shown instead of the raw error when the method fails).
 NA_REASONS: dict[str, str] = {
     "pure": "needs per-turn process-reward-model scores (PRMProvider); no PRM ships for HopQA",
+    "team-difference": "multi-agent team credit: needs counterfactual team outcomes (cf_outcome) from a "
+    "multi-agent env",
 }
 
 #: Notes shown next to a method's numbers.
@@ -281,7 +286,6 @@ def rollout_batch(cfg: CreditAccuracyConfig, log=print) -> tuple[list[Trajectory
     import numpy as np
 
     from turngym.bench.sft import sft_checkpoint
-    from turngym.credit.signals import run_providers
     from turngym.trainers import common
 
     tcfg = cfg.train_config()
@@ -294,19 +298,54 @@ def rollout_batch(cfg: CreditAccuracyConfig, log=print) -> tuple[list[Trajectory
     t0 = time.perf_counter()
     trajs, _ = common.rollout(run_cfg, s, seeds, cfg.group_size, sample_seed=cfg.seed)
     rollout_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    providers = fill_signals(trajs, run_cfg, s)
+    info = {"sft": sft_info, "sft_dir": str(path), "seeds": seeds, "rollout_s": rollout_s,
+            "signals_s": time.perf_counter() - t0, "providers": providers,
+            "success": float(np.mean([common.succeeded(t) for t in trajs]))}
+    return trajs, s, info
+
+
+def fill_signals(trajs: list[Trajectory], run_cfg: Any, s: Any) -> list[str]:
+    """Run every provider the trainers use (probe, tool match, SIOP clusters + support, rule judge) with the
+    behaviour policy ``s.model``, and write GiGPO's progress anchors. Returns the provider names."""
+    from turngym.credit.signals import run_providers
+    from turngym.trainers import common
+
     providers, seen = [], set()
     for m in ("a2tgpo", "matchtir", "siop", "slate"):
         for p in common.signal_providers(run_cfg.replace(credit=m), s):
             if p.name not in seen:
                 providers.append(p)
                 seen.add(p.name)
-    t0 = time.perf_counter()
     run_providers(trajs, providers)
     add_progress_anchors(trajs)
-    info = {"sft": sft_info, "sft_dir": str(path), "seeds": seeds, "rollout_s": rollout_s,
-            "signals_s": time.perf_counter() - t0, "providers": [p.name for p in providers],
-            "success": float(np.mean([common.succeeded(t) for t in trajs]))}
-    return trajs, s, info
+    return [p.name for p in providers]
+
+
+def score_batch(trajs: list[Trajectory], model: Any, pad_id: int, methods: list[str]) -> tuple[list[MethodResult],
+                                                                                                dict[str, Any]]:
+    """Every method on one batch of trajectories (signals already filled), scored against the ground truth.
+
+    Returns ``(rows, batch_stats)``.
+    """
+    from turngym.credit import GroupBatch
+    from turngym.trainers.forward import batch_logprobs
+
+    device = next(model.parameters()).device
+    batch = GroupBatch.from_trajectories(trajs, pad_id=pad_id)
+    if batch.old_logprobs is None:  # e.g. scripted rollouts: score the sampled tokens with the policy
+        batch.old_logprobs = batch_logprobs(model, batch.to(device)).cpu()
+    batch.values = mc_turn_values(batch)
+    if "delta" in methods:
+        batch.token_features["hidden"] = hidden_states(model, batch.to(device))
+    v, dv, decisive = turn_ground_truth(trajs, batch.max_turns)
+    rows = evaluate_methods(batch, methods, decisive, v, dv)
+    _, uniform = decisive_mass_share(torch.ones_like(batch.turn_id, dtype=torch.float32), batch.turn_id, decisive)
+    stats = {"trajectories": len(trajs), "turns": int(batch.turn_mask.sum()), "decisive_turns": int(decisive.sum()),
+             "decisive_token_share": uniform,
+             "answered": sum(t.final_answer is not None for t in trajs) / max(len(trajs), 1)}
+    return rows, stats
 
 
 def evaluate_methods(batch, methods: list[str], decisive: Tensor, v: Tensor, dv: Tensor) -> list[MethodResult]:
@@ -320,6 +359,8 @@ def evaluate_methods(batch, methods: list[str], decisive: Tensor, v: Tensor, dv:
             out = assign_credit(name, batch, **METHOD_OVERRIDES.get(name, {}))
         except (CreditError, SignalError) as err:
             reason = NA_REASONS.get(name) or str(err).split(". ")[0]
+            if name == "siop" and not bool(batch.has_answer.any()):
+                reason = "no trajectory of the batch answered, so SIOP has no answer clusters to score support for"
             rows.append(MethodResult(name, "n/a", note=reason, seconds=time.perf_counter() - t0))
             continue
         adv = out.advantages.float().cpu()
@@ -328,15 +369,15 @@ def evaluate_methods(batch, methods: list[str], decisive: Tensor, v: Tensor, dv:
         rows.append(MethodResult(
             name, "ok", decisive_share=share, lift=share / uniform if uniform and uniform > 0 else math.nan,
             rho_delta=spearman(ta, dv), rho_value=spearman(ta, v), ratio_level=out.ratio_level,
-            seconds=time.perf_counter() - t0, note=NOTES.get(name, ""),
+            seconds=time.perf_counter() - t0,
+            note=NOTES.get(name, "") if math.isfinite(share) else "every advantage is 0 on this batch",
         ))
     return rows
 
 
 def run(cfg: CreditAccuracyConfig, log=print) -> dict[str, Any]:
     """The whole benchmark; writes ``credit_accuracy.md``, ``credit_accuracy.png`` and ``credit_accuracy.json``."""
-    from turngym.credit import CREDIT, GroupBatch
-    from turngym.trainers.forward import batch_logprobs
+    from turngym.credit import CREDIT
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -347,21 +388,10 @@ def run(cfg: CreditAccuracyConfig, log=print) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     trajs, s, info = rollout_batch(cfg, log=log)
-    batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id)
-    if batch.old_logprobs is None:
-        batch.old_logprobs = batch_logprobs(s.model, batch.to(s.device)).cpu()
-    batch.values = mc_turn_values(batch)
-    if "delta" in methods:
-        batch.token_features["hidden"] = hidden_states(s.model, batch.to(s.device))
-    v, dv, decisive = turn_ground_truth(trajs, batch.max_turns)
-    rows = evaluate_methods(batch, methods, decisive, v, dv)
-    _, uniform = decisive_mass_share(torch.ones_like(batch.turn_id, dtype=torch.float32), batch.turn_id, decisive)
+    rows, stats = score_batch(trajs, s.model, s.pad_id, methods)
     summary = {
         "config": dataclasses.asdict(cfg), "rows": [dataclasses.asdict(r) for r in rows],
-        "batch": {"trajectories": len(trajs), "tasks": cfg.tasks, "group_size": cfg.group_size,
-                  "turns": int(batch.turn_mask.sum()), "decisive_turns": int(decisive.sum()),
-                  "decisive_token_share": uniform, "success": info["success"],
-                  "answered": sum(t.final_answer is not None for t in trajs) / len(trajs)},
+        "batch": stats | {"tasks": cfg.tasks, "group_size": cfg.group_size, "success": info["success"]},
         "info": {k: v_ for k, v_ in info.items() if k != "sft"} | {"sft_metrics": info["sft"].get("metrics", {})},
         "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": time.perf_counter() - t_start,
@@ -371,14 +401,24 @@ def run(cfg: CreditAccuracyConfig, log=print) -> dict[str, Any]:
     paths["table"].write_text(markdown_table(summary), encoding="utf-8")
     plot(summary, paths["chart"])
     summary["paths"] = {k: str(p) for k, p in paths.items()}
-    paths["json"].write_text(json.dumps(summary, indent=1, default=_json_default), encoding="utf-8")
+    paths["json"].write_text(json.dumps(jsonable(summary), indent=1, default=_json_default, allow_nan=False),
+                             encoding="utf-8")
     return summary
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
     return str(o)
+
+
+def jsonable(o: Any) -> Any:
+    """``o`` with non-finite floats replaced by None (strict JSON: no NaN literals)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    return o
 
 
 def machine() -> str:
@@ -420,8 +460,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"{_f(b['answered'], '.2f')}. Tiny {c['model_size']} policy after {c['sft_steps']} SFT steps on "
         f"{c['sft_episodes']} expert episodes (seed {c['seed']})."
     )
-    return "\n".join([head, "", *lines, "", f"Machine: {summary['machine']}. Date: {summary['date']}. "
-                      f"Wall time {summary['seconds']:.0f} s.", ""])
+    return "\n".join([head, "", *lines, "", (f"Machine: {summary['machine']}. Date: {summary['date']}. "
+                      f"Wall time {summary['seconds']:.0f} s."), ""])
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -436,7 +476,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     share = [r["decisive_share"] if r["status"] == "ok" else math.nan for r in rows]
     rho = [r["rho_delta"] if r["status"] == "ok" else math.nan for r in rows]
     x = list(range(len(rows)))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(rows) + 4), 4.2))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.5 * len(rows) + 2.5), 7.5))
     for ax, vals, title in ((axes[0], share, "share of |advantage| on decisive turns"),
                             (axes[1], rho, "Spearman ρ(turn advantage, ground-truth ΔV)")):
         clean = [0.0 if not (isinstance(v, float) and math.isfinite(v)) else v for v in vals]

@@ -43,7 +43,7 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
         log: Optional ``log(str)`` for progress lines.
 
     Returns:
-        ``(path, info)`` with ``info = {"key", "metrics", "eval", "seconds", "reused"}``.
+        ``(path, info)`` with ``info = {"key", "metrics", "eval", "seconds", "cpu_s", "reused"}``.
     """
     from turngym.trainers import common
 
@@ -58,7 +58,7 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
         raise ValueError(f"sft_checkpoint needs sft_steps >= 1, got {cfg.sft_steps}.")
     say = log or (lambda _msg: None)
     say(f"SFT warm start: {cfg.sft_steps} steps on {cfg.sft_episodes} expert episodes of {cfg.env_id} -> {path}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = common.setup(cfg)
     metrics = common.warm_start(cfg, s, lambda step, loss: None)
     ev: dict[str, float] = {}
@@ -69,7 +69,8 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
     tmp.mkdir(parents=True)
     s.model.save_pretrained(tmp)
     s.tokenizer.save_pretrained(tmp)
-    info = {"key": key, "metrics": metrics, "eval": ev, "seconds": time.perf_counter() - t0}
+    info = {"key": key, "metrics": metrics, "eval": ev, "seconds": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0}
     (tmp / "sft.json").write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

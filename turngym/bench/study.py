@@ -58,10 +58,10 @@ STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"an
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"envs": ("search/HopQA-v0",), "seeds": 1, "steps": 2, "tasks_per_step": 2, "group_size": 4,
               "eval_every": 1, "eval_tasks": 8, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40},
-    "medium": {"envs": ("search/HopQA-v0",), "seeds": 2, "steps": 6, "tasks_per_step": 4, "group_size": 4,
-               "eval_every": 2, "eval_tasks": 24, "sft_steps": 150, "sft_episodes": 256, "max_new_tokens": 48},
+    "medium": {"envs": ("search/HopQA-v0",), "seeds": 2, "steps": 4, "tasks_per_step": 4, "group_size": 4,
+               "eval_every": 2, "eval_tasks": 16, "sft_steps": 120, "sft_episodes": 192, "max_new_tokens": 48},
     "full": {"envs": ("search/HopQA-v0", "tool/Calc-v0"), "seeds": 3, "steps": 8, "tasks_per_step": 4,
-             "group_size": 4, "eval_every": 2, "eval_tasks": 32, "sft_steps": 200, "sft_episodes": 256,
+             "group_size": 4, "eval_every": 2, "eval_tasks": 32, "sft_steps": 300, "sft_episodes": 512,
              "max_new_tokens": 48},
 }
 
@@ -88,9 +88,9 @@ class StudyConfig:
     """Held-out evaluation every N steps (plus before and after)."""
     eval_tasks: int = 32
     """Held-out tasks per evaluation (greedy)."""
-    sft_steps: int = 200
+    sft_steps: int = 300
     """SFT warm-start steps (once per env)."""
-    sft_episodes: int = 256
+    sft_episodes: int = 512
     """Expert episodes for SFT."""
     max_new_tokens: int = 48
     """Token budget per turn."""
@@ -131,7 +131,7 @@ def base_config(cfg: StudyConfig, env_id: str):
         max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
         minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
         kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
-        checkpoint_every=0, keep_checkpoints=1, save_trajectories=1, steps=cfg.steps, **cfg.extra,
+        checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps, **cfg.extra,
     )
 
 
@@ -157,33 +157,35 @@ def run_config(cfg: StudyConfig, env_id: str, method: str, seed: int, sft_dir: s
 
 
 def _train(tcfg) -> dict[str, Any]:
+    import importlib
     import shutil
 
     import torch
 
-    from turngym.cli import TRAINERS, _load
+    from turngym.cli import TRAINERS  # algo -> "module:function" (grpo.train, ppo.train)
 
     torch.set_num_threads(tcfg.torch_threads or 1)
     if tcfg.run_dir and Path(tcfg.run_dir).exists():
         shutil.rmtree(tcfg.run_dir)  # a study run always starts fresh
-    fn = _load(TRAINERS[tcfg.algo], f"the {tcfg.algo} trainer")
-    return fn(tcfg)
+    module, _, attr = TRAINERS[tcfg.algo].partition(":")
+    return getattr(importlib.import_module(module), attr)(tcfg)
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (env, method, seed) run; never raises (a failure becomes ``status``). Picklable for workers."""
     import shutil
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tcfg = spec["config"]
     res: dict[str, Any] = {k: spec[k] for k in ("env", "method", "seed")} | {"run_dir": tcfg.run_dir}
     try:
         _train(tcfg)
         res["status"] = "ok"
-    except Exception as err:  # a failed run is a result of the study, not a crash of it
+    except Exception as err:  # noqa: BLE001 -- a failed run is a result of the study, not a crash of it
         res["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         res["traceback"] = traceback.format_exc(limit=6)
     res["seconds"] = time.perf_counter() - t0
+    res["cpu_s"] = time.process_time() - c0  # CPU seconds of this run (wall time depends on the machine's load)
     if res["status"] == "ok":
         res |= summarize_run(tcfg.run_dir)
         if not spec.get("keep_checkpoints"):
@@ -217,22 +219,34 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
 
 def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     """The whole study; writes ``study.md``, ``study_<env>.png`` per env and ``study.json`` into ``cfg.out_dir``."""
-    from turngym.bench.credit_accuracy import machine
+    import torch
+
+    from turngym.bench.credit_accuracy import jsonable, machine
     from turngym.bench.sft import sft_checkpoint
     from turngym.credit import CREDIT
 
     for m in cfg.methods:
         CREDIT[m]  # unknown name -> RegistryError before any work
+    torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    root = Path(cfg.sft_root) if cfg.sft_root else out / "sft"
+    sft_jobs = [(base_config(cfg, env_id), root / slug(env_id)) for env_id in cfg.envs]
+    log(f"SFT warm starts (trained once per env, reused when their settings match): {[str(p) for _, p in sft_jobs]}")
+    if cfg.jobs > 1 and len(sft_jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(sft_jobs)), mp_context=mp.get_context("spawn")) as pool:
+            sft_done = list(pool.map(sft_checkpoint, *zip(*sft_jobs)))
+    else:
+        sft_done = [sft_checkpoint(t, p, log=log) for t, p in sft_jobs]
     sft: dict[str, Any] = {}
     specs = []
-    for env_id in cfg.envs:
-        root = Path(cfg.sft_root) if cfg.sft_root else out / "sft"
-        path, info = sft_checkpoint(base_config(cfg, env_id), root / slug(env_id), log=log)
-        sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "reused": info.get("reused"),
-                       "metrics": info.get("metrics", {})}
+    for env_id, (path, info) in zip(cfg.envs, sft_done):
+        sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "cpu_s": info.get("cpu_s"),
+                       "reused": info.get("reused"), "metrics": info.get("metrics", {})}
         for method in cfg.methods:
             for seed in range(cfg.seeds):
                 specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": cfg.keep_checkpoints,
@@ -264,7 +278,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
         plot_env(summary, env_id, paths[f"chart:{env_id}"])
     paths["table"].write_text(markdown(summary), encoding="utf-8")
     summary["paths"] = {k: str(p) for k, p in paths.items()}
-    paths["json"].write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    paths["json"].write_text(json.dumps(jsonable(summary), indent=1, default=str, allow_nan=False), encoding="utf-8")
     return summary
 
 
@@ -310,6 +324,7 @@ def aggregate(cfg: StudyConfig, results: list[dict[str, Any]]) -> list[dict[str,
                 "steps_to_threshold": reached[len(reached) // 2] if reached else None,
                 "env_steps": _mean_std([r["env_steps"] for r in ok])[0],
                 "seconds": _mean_std([r["seconds"] for r in runs])[0],
+                "cpu_s": _mean_std([r.get("cpu_s", math.nan) for r in runs])[0],
                 "failures": sorted({r["status"] for r in runs if r["status"] != "ok"}),
             })
     return rows
@@ -322,24 +337,24 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The study's markdown report (one table per env)."""
     c = summary["config"]
-    out = [f"Study: {len(c['methods'])} methods x {c['seeds']} seed(s); {c['steps']} RL steps of "
+    out = [(f"Study: {len(c['methods'])} methods x {c['seeds']} seed(s); {c['steps']} RL steps of "
            f"{c['tasks_per_step']} tasks x G={c['group_size']}; eval on {c['eval_tasks']} held-out tasks every "
            f"{c['eval_every']} steps (greedy); lr {c['lr']}; tiny {c['model_size']} policy, SFT {c['sft_steps']} steps "
-           f"on {c['sft_episodes']} expert episodes (shared start per env).", ""]
+           f"on {c['sft_episodes']} expert episodes (shared start per env)."), ""]
     for env_id in c["envs"]:
         rows = [r for r in summary["table"] if r["env"] == env_id]
         thr = rows[0]["threshold"] if rows else math.nan
         out += [f"### {env_id}", "",
-                f"SFT start: held-out success {_f(rows[0]['start'] if rows else math.nan)}; threshold "
-                f"{_f(thr, '.2f')}.", "",
-                "| method | final success (mean ± std) | env steps to threshold (median) | reached | "
-                "env steps used | s / run | notes |",
+                (f"SFT start: held-out success {_f(rows[0]['start'] if rows else math.nan)}; threshold "
+                f"{_f(thr, '.2f')}."), "",
+                ("| method | final success (mean ± std) | env steps to threshold (median) | reached | "
+                "env steps used | s / run (CPU s) | notes |"),
                 "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in rows:
             note = "; ".join(r["failures"])[:160]
             out.append(f"| {r['method']} | {_f(r['final_mean'])} ± {_f(r['final_std'])} | "
                        f"{_f(r['steps_to_threshold'], '.0f') if r['reached'] else 'not reached'} | "
-                       f"{r['reached']}/{r['ok']} | {_f(r['env_steps'], '.0f')} | {_f(r['seconds'], '.0f')} | {note} |")
+                       f"{r['reached']}/{r['ok']} | {_f(r['env_steps'], '.0f')} | {_f(r['seconds'], '.0f')} ({_f(r['cpu_s'], '.0f')}) | {note} |")
         out.append("")
     out.append(f"Machine: {summary['machine']}. Date: {summary['date']}. Wall time {summary['seconds']:.0f} s.")
     return "\n".join(out) + "\n"

@@ -42,11 +42,23 @@ engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 if engine_up; then
   log "docker engine already running"
 else
-  log "starting dockerd (log: $DOCKERD_LOG)"
-  nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$DOCKERD_LOG" 2>&1 &
-  for _ in $(seq 1 60); do
+  # Up to three starts, two minutes each: on a busy machine containerd can miss dockerd's own start timeout.
+  for attempt in 1 2 3; do
+    log "starting dockerd, attempt $attempt (log: $DOCKERD_LOG)"
+    pkill -x dockerd 2>/dev/null || true
+    pkill -x containerd 2>/dev/null || true
+    sleep 1
+    # a stale pid file whose pid now belongs to another process makes dockerd wait for a containerd that
+    # is not there
+    rm -f /var/run/docker/containerd/containerd.pid /var/run/docker.pid
+    nohup dockerd --bridge=none --iptables=false --ip6tables=false >"$DOCKERD_LOG" 2>&1 &
+    dpid=$!
+    for _ in $(seq 1 240); do
+      engine_up && break
+      kill -0 "$dpid" 2>/dev/null || break  # dockerd exited: try again
+      sleep 0.5
+    done
     engine_up && break
-    sleep 0.5
   done
   if ! engine_up; then
     log "dockerd did not come up; last lines of $DOCKERD_LOG:"

@@ -198,6 +198,11 @@ def siop(batch: GroupBatch, cfg: SIOPConfig) -> CreditOutput:
 
     Diagnostics: standard keys plus ``q_mean``, ``support_missing`` (valid turns without a support value).
     """
+    if cfg.support_signal not in batch.turn_signals and not bool(batch.has_answer.any()):
+        # no rollout answered: no answer clusters, hence no potential; the batch carries no SIOP signal (data)
+        zeros = torch.zeros_like(batch.turn_rewards)
+        return finish(batch, zeros, zeros, stats={},
+                      extra={"q_mean": 0.0, "support_missing": float(batch.turn_mask.sum())})
     support = batch.signal(cfg.support_signal, needed_by="siop")
     prompt_support = batch.prompt_signal(cfg.support_signal, needed_by="siop")
     q = batch.prompt_signal(cfg.q_signal, needed_by="siop")

@@ -31,3 +31,15 @@ def test_readme_example_runs_and_solves_its_task():
     msgs, reward, terminated, truncated, info = env.step(f"<answer>{gold}</answer>")
     assert terminated and not truncated
     assert info["success"] is True and reward == 1.0
+
+
+def test_readme_two_agent_env_is_the_tested_example():
+    """The README's multi-agent class is the one `examples/two_agent_env.py` defines (run by tests/multi)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Multi-agent experiments", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    example = (README.parent / "examples" / "two_agent_env.py").read_text(encoding="utf-8")
+    start = block.index("COLOURS = (")
+    cls = block[start: block.index('turngym.register("example/SpeakerListener-v0"')].strip()
+    assert cls and cls in example
+    assert len(block.strip().splitlines()) <= 45

@@ -198,7 +198,10 @@ class Env(gymnasium.Env):
         info["progress"] = done
         info["value"] = value
         info["value_delta"] = value - self._last_value
+        # GiGPO anchors: the state this action was taken in (before the step) and the state it led to
+        info["anchor_obs"] = getattr(self, "_last_anchor", f"progress=0/{total}")
         info["anchor"] = f"progress={done}/{total}"
+        self._last_anchor = info["anchor"]
         self._last_value = value
 
     def turn_value(self, history: list[Message] | None = None) -> float:
@@ -255,6 +258,7 @@ class Env(gymnasium.Env):
         self._last_value = 0.0
         self._add_progress_info(info)
         info.pop("value_delta", None)
+        info.pop("anchor_obs", None)  # reset has no action; its anchor is the first step's anchor_obs
         return copy.deepcopy(messages), info
 
     def step(self, action: str) -> tuple[list[Message], float, bool, bool, dict[str, Any]]:

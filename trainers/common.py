@@ -93,6 +93,10 @@ def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *
 
     ``sample_seed`` seeds the sampler for this call, so a resumed run draws the same tokens.
     """
+    if cfg.rollout_backend == "ray" and policy is None:  # Ray rollout workers, weights pushed when changed
+        from turngym.agents.ray_rollout import collect
+
+        return collect(cfg, s, seeds, group_size, temperature=temperature, sample_seed=sample_seed)
     from turngym.agents.rollout import collect_rollouts
 
     policy = policy or s.policy

@@ -143,6 +143,10 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
     )
     run.close()
+    if cfg.rollout_backend == "ray":
+        from turngym.agents.ray_rollout import close_pools
+
+        close_pools()
     return summary
 
 

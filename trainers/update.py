@@ -84,8 +84,9 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                 for k, v in m.items():
                     if isinstance(v, (int, float)) and math.isfinite(v):
                         sums[k] = sums.get(k, 0.0) + w * v
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                sums["entropy"] = sums.get("entropy", 0.0) + float(entropy.detach()[batch.action_mask[r, sl]].sum()) / n_tokens
+                sums["total_loss"] = sums.get("total_loss", 0.0) + float(loss.detach())
+                sums["action_entropy"] = sums.get("action_entropy", 0.0) + float(
+                    entropy.detach()[batch.action_mask[r, sl]].sum()) / n_tokens
             if bad:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -104,12 +105,12 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
     model.eval()
     n = max(counts, 1)
     metrics = {
-        "train/loss": sums.get("loss", math.nan) / n,
+        "train/loss": sums.get("total_loss", math.nan) / n,
         "train/pg_loss": sums.get("pg_loss", math.nan) / n,
         "train/clip_frac": sums.get("clipfrac", 0.0) / n,
         "train/ratio_mean": sums.get("ratio_mean", 1.0) / n,
         "train/approx_kl": sums.get("approx_kl", 0.0) / n,
-        "train/entropy": sums.get("entropy", math.nan) / n,
+        "train/entropy": sums.get("action_entropy", math.nan) / n,
         "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
         "train/optimizer_steps": float(steps),
     }

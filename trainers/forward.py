@@ -10,8 +10,8 @@ short trajectories never pay for the batch's longest one (no wasted padding).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor

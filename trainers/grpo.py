@@ -77,25 +77,11 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     for step in range(start, cfg.steps):
         t_step = time.perf_counter()
 
-        # --- 1. rollout
-        t0 = time.perf_counter()
-        trajs, dapo = sample(cfg, s, step)
-        rollout_s = time.perf_counter() - t0
-        metrics = common.rollout_metrics(trajs) | dapo
+        # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
+        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model)
 
-        # --- 2. signals (behaviour policy = current weights, before the update)
+        # --- 4. credit
         t0 = time.perf_counter()
-        run_providers(trajs, providers)
-        metrics["perf/signals_s"] = time.perf_counter() - t0
-
-        # --- 3. credit
-        t0 = time.perf_counter()
-        batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-        metrics |= common.overlong_shaping(cfg, batch)
-        if batch.old_logprobs is None:
-            batch.old_logprobs = batch_logprobs(s.model, batch)
-        if ref_model is not None:
-            batch.ref_logprobs = batch_logprobs(ref_model, batch)
         batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
         out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
         metrics["perf/credit_s"] = time.perf_counter() - t0
@@ -103,7 +89,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
         metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
-        # --- 4. update (skipped when advantages are not finite)
+        # --- 5. update (skipped when advantages are not finite)
         t0 = time.perf_counter()
         if guard.check(step + 1, advantages=out.advantages):
             train_m = update(cfg, s.model, optimizer, batch, out)
@@ -112,13 +98,13 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             metrics |= train_m
         update_s = time.perf_counter() - t0
 
-        # --- 5. log, evaluate, checkpoint
+        # --- 6. log, evaluate, checkpoint
         n_sampled = float(batch.action_mask.sum())
         metrics |= guard.metrics(step + 1) | {
             "train/lr": optimizer.param_groups[0]["lr"],
-            "perf/rollout_s": rollout_s, "perf/update_s": update_s, "perf/sync_s": 0.0,
+            "perf/update_s": update_s, "perf/sync_s": 0.0,
             "perf/step_s": time.perf_counter() - t_step,
-            "perf/tokens_per_s": n_sampled / max(rollout_s, 1e-9),
+            "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
             "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
             "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
         }
@@ -148,6 +134,28 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
 
         close_pools()
     return summary
+
+
+def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None
+                  ) -> tuple[list, GroupBatch, dict[str, float]]:
+    """Steps 1-3 of both trainers: the step's trajectories, their signals, and the `GroupBatch` with
+    overlong shaping, behaviour log-probs (recomputed only when the sampler gave none) and reference log-probs."""
+    t0 = time.perf_counter()
+    trajs, dapo = sample(cfg, s, step)
+    metrics = common.rollout_metrics(trajs) | dapo
+    metrics["perf/rollout_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run_providers(trajs, providers)  # behaviour policy = current weights, before the update
+    metrics["perf/signals_s"] = time.perf_counter() - t0
+
+    batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
+    metrics |= common.overlong_shaping(cfg, batch)
+    if batch.old_logprobs is None:
+        batch.old_logprobs = batch_logprobs(s.model, batch)
+    if ref_model is not None:
+        batch.ref_logprobs = batch_logprobs(ref_model, batch)
+    return trajs, batch, metrics
 
 
 def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str, float]]:

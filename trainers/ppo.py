@@ -45,15 +45,13 @@ from typing import Any
 
 import torch
 
-from turngym.credit import CREDIT, GroupBatch, assign_credit
-from turngym.credit.signals import run_providers
+from turngym.credit import CREDIT, assign_credit
 from turngym.errors import ConfigError
 from turngym.trainers import common
 from turngym.trainers.checkpoint import load_latest
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
-from turngym.trainers.forward import batch_logprobs
-from turngym.trainers.grpo import checkpoint, frozen_copy, sample, zero_var_groups
+from turngym.trainers.grpo import checkpoint, frozen_copy, rollout_batch, zero_var_groups
 from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
@@ -99,25 +97,11 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     for step in range(start, cfg.steps):
         t_step = time.perf_counter()
 
-        # --- 1. rollout
-        t0 = time.perf_counter()
-        trajs, dapo = sample(cfg, s, step)
-        rollout_s = time.perf_counter() - t0
-        metrics = common.rollout_metrics(trajs) | dapo
+        # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
+        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model)
 
-        # --- 2. signals (behaviour policy = current weights, before the update)
+        # --- 4. values of the behaviour-time critic, credit (GAE / BAD over policy tokens)
         t0 = time.perf_counter()
-        run_providers(trajs, providers)
-        metrics["perf/signals_s"] = time.perf_counter() - t0
-
-        # --- 3. values of the behaviour-time critic, 4. credit (GAE / BAD over policy tokens)
-        t0 = time.perf_counter()
-        batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-        metrics |= common.overlong_shaping(cfg, batch)
-        if batch.old_logprobs is None:
-            batch.old_logprobs = batch_logprobs(s.model, batch)
-        if ref_model is not None:
-            batch.ref_logprobs = batch_logprobs(ref_model, batch)
         batch.values = critic.batch_values(s.model, batch)  # [B, L], 0 off policy tokens
         out = assign_credit(cfg.credit, batch, **credit_cfg)
         metrics["perf/credit_s"] = time.perf_counter() - t0
@@ -140,9 +124,9 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         metrics |= guard.metrics(step + 1) | {
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/critic_lr": optimizer.param_groups[1]["lr"],
-            "perf/rollout_s": rollout_s, "perf/update_s": update_s, "perf/sync_s": 0.0,
+            "perf/update_s": update_s, "perf/sync_s": 0.0,
             "perf/step_s": time.perf_counter() - t_step,
-            "perf/tokens_per_s": n_sampled / max(rollout_s, 1e-9),
+            "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
             "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
             "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
         }

@@ -53,10 +53,10 @@ def write_report(run_dir: str | Path, cfg: Any, summary: dict[str, Any]) -> Path
         f"| after SFT warm start (before RL) | {before:.3f} |" if before is not None else "| before RL | n/a |",
         f"| after {cfg.steps} RL steps | {after:.3f} |" if after is not None else "| after RL | n/a |",
         "",
-        f"Held-out tasks: {cfg.eval_tasks} (seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_tasks - 1}), "
-        f"temperature {cfg.eval_temperature}.",
-        f"Model: {cfg.model} ({cfg.model_size if cfg.model == 'tiny' else ''}); group size {cfg.group_size}, "
-        f"{cfg.tasks_per_step} tasks per step, lr {cfg.lr}.",
+        (f"Held-out tasks: {cfg.eval_tasks} (seeds {cfg.eval_seed}..{cfg.eval_seed + cfg.eval_tasks - 1}), "
+        f"temperature {cfg.eval_temperature}."),
+        (f"Model: {cfg.model} ({cfg.model_size if cfg.model == 'tiny' else ''}); group size {cfg.group_size}, "
+        f"{cfg.tasks_per_step} tasks per step, lr {cfg.lr}."),
     ]
     if sft:
         lines.append(f"SFT: {int(sft[-1]['sft/episodes'])} expert episodes (expert success "

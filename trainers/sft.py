@@ -9,7 +9,7 @@ renderer as RL, so SFT and RL see identical token layouts.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -9,6 +9,7 @@ step. A minibatch whose loss is not finite is skipped (no optimizer step) and re
 from __future__ import annotations
 
 import math
+
 import torch
 
 from turngym.credit.base import CreditOutput, GroupBatch

@@ -119,10 +119,12 @@ def hard_assignment(s: np.ndarray, method: Literal["hungarian", "greedy"] = "hun
     return r
 
 
-def sinkhorn_plan(s: np.ndarray, eps: float = 0.1, max_iter: int = 1000, tol: float = 1e-9) -> np.ndarray:
+def sinkhorn_plan(s: np.ndarray, eps: float = 0.1, max_iter: int = 20000, tol: float = 1e-9) -> np.ndarray:
     """Entropic OT plan with uniform marginals ``1/P`` (rows) and ``1/G`` (columns), cost ``−S`` (log domain).
 
-    Returns ``T[P, G]`` with rows summing to ``1/P`` and columns to ``1/G`` (up to ``tol``).
+    Returns ``T[P, G]`` with rows summing to ``1/P`` and columns to ``1/G`` (up to ``tol``). Near-permutation
+    similarities converge slowly at small ``eps`` (thousands of iterations), hence the generous ``max_iter``; the
+    loop stops as soon as the column marginals are within ``tol``.
     """
     s = np.asarray(s, dtype=np.float64)
     p, g = s.shape

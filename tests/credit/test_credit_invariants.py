@@ -234,3 +234,11 @@ def test_gigpo_anchor_paths_agree():
     torch.testing.assert_close(fast.advantages, slow.advantages)
     sim = assign_credit("gigpo", b, similarity_threshold=1.0)  # first-fit similarity, ratio 1 = exact
     torch.testing.assert_close(sim.advantages, fast.advantages)
+
+
+def test_sinkhorn_marginals_on_a_slow_converging_near_permutation():
+    """A case hypothesis found: at eps 0.1 it needs a few thousand iterations to reach 1e-6 marginals."""
+    s = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    t = sinkhorn_plan(s, 0.1)
+    np.testing.assert_allclose(t.sum(0), np.full(3, 1 / 3), atol=1e-6)
+    np.testing.assert_allclose(t.sum(1), np.full(3, 1 / 3), atol=1e-6)

@@ -55,6 +55,16 @@ def _first_diff(a: str, b: str) -> int:
     return n
 
 
+def prompt_tool_schemas(env: Any) -> list[dict] | None:
+    """The tool schemas a chat template should show for ``env``: its ``tool_schemas`` unless its parser
+    teaches its own call syntax in the instructions (``parser.schemas_in_prompt`` false, e.g. the tags
+    parser); ``None`` when there are none to show."""
+    parser = getattr(env, "parser", None)
+    if parser is not None and not getattr(parser, "schemas_in_prompt", True):
+        return None
+    return list(getattr(env, "tool_schemas", None) or []) or None
+
+
 class Renderer:
     """Incremental chat rendering to token ids for one tokenizer and one set of tool schemas.
 

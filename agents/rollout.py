@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from turngym.agents.policy import Sample, SamplingParams, decode_action, with_max_new_tokens
-from turngym.agents.render import Renderer
+from turngym.agents.render import Renderer, prompt_tool_schemas
 from turngym.errors import ConfigError, EnvError
 from turngym.registry import Registry
 from turngym.types import Trajectory, Turn, write_jsonl
@@ -192,7 +192,7 @@ class RolloutEngine:
         self.close()
 
     def _renderer_for(self, env: Any) -> Renderer:
-        schemas = list(getattr(env, "tool_schemas", None) or [])
+        schemas = prompt_tool_schemas(env) or []
         if self.renderer.tool_schemas is not None or not schemas:
             return self.renderer
         key = json.dumps(schemas, sort_keys=True)

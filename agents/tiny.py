@@ -182,7 +182,9 @@ def env_texts(env_id: str, n_seeds: int = 64, expert_noise: float = 0.3, env_kwa
 
     env = make(env_id, **(env_kwargs or {}))
     try:
-        schemas = getattr(env, "tool_schemas", None) or []
+        from turngym.agents.render import prompt_tool_schemas
+
+        schemas = prompt_tool_schemas(env) or []
         for s in schemas:
             yield json.dumps(s)
         rng = np.random.default_rng(0)
@@ -227,7 +229,7 @@ def tiny_cache_path(env_id: str, size: str, cache_dir: str | Path | None, **key:
     """``<cache_dir>/<env>-<size>-<hash>``; the hash covers the size, the template and `key`."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     slug = env_id.replace("/", "_")
-    h = _fingerprint({"env": env_id, "size": size, "template": TINY_CHAT_TEMPLATE, "v": 1, **key})
+    h = _fingerprint({"env": env_id, "size": size, "template": TINY_CHAT_TEMPLATE, "v": 2, **key})
     return root / f"{slug}-{size}-{h}"
 
 
@@ -284,16 +286,13 @@ def load_tiny(
             "got neither."
         )
     key: dict[str, Any] = {"vocab": vocab_size, "seed": seed, "n_seeds": n_seeds}
-    if texts is not None:
-        texts = list(texts() if callable(texts) else texts)
-        key["texts"] = _fingerprint(texts)
+    texts = list(texts() if callable(texts) else texts) if texts is not None else list(env_texts(env_id, n_seeds=n_seeds))
+    key["texts"] = _fingerprint(texts)  # a change of the env's prompts or format rebuilds the model
     path = tiny_cache_path(env_id or "texts", size, cache_dir, **key)
     if path.exists() and (path / "config.json").exists() and not rebuild:
         tok = AutoTokenizer.from_pretrained(path)
         model = LlamaForCausalLM.from_pretrained(path)
         return model, tok
-    if texts is None:
-        texts = list(env_texts(env_id, n_seeds=n_seeds))
     model, tok = build_tiny_policy(texts, size=size, vocab_size=vocab_size, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

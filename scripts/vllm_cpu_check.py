@@ -74,7 +74,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from turngym.agents.policy import SamplingParams, VLLMPolicy, score_sequence
-    from turngym.agents.render import Renderer
+    from turngym.agents.render import Renderer, prompt_tool_schemas
     from turngym.agents.rollout import collect_rollouts
     from turngym.credit import GroupBatch, assign_credit
     from turngym.envs import make
@@ -88,7 +88,7 @@ def main() -> int:
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device)
     env = make(args.env_id)
-    renderer = Renderer(tok, env.tool_schemas)
+    renderer = Renderer(tok, prompt_tool_schemas(env))
     env.close()
     cfg = TrainConfig(env_id=args.env_id, credit="grpo", tasks_per_step=args.tasks, group_size=args.group_size,
                       minibatch_size=args.tasks * args.group_size, lr=args.lr, max_new_tokens=args.max_new_tokens)

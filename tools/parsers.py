@@ -76,6 +76,7 @@ class Parser(Protocol):
     """Interface every parser implements."""
 
     name: str
+    schemas_in_prompt: bool  # whether the chat template should list the tools' JSON schemas
 
     def parse(self, text: str) -> ParsedAction: ...
 
@@ -275,6 +276,7 @@ class HermesParser:
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (any number) and ``<answer>...</answer>``."""
 
     name = "hermes"
+    schemas_in_prompt = True  # the model writes JSON calls, so it needs the schemas
     open_tag, close_tag = "<tool_call>", "</tool_call>"
     _pattern = re.compile(r"<tool_call>(.*?)</tool_call>|<answer>(.*?)</answer>", re.DOTALL)
 
@@ -409,6 +411,9 @@ class TagsParser:
     """``<search>q</search>``, ``<calculator>expr</calculator>``, ... and ``<answer>a</answer>``."""
 
     name = "tags"
+    # The tag syntax is taught by the env's instructions; JSON schemas (and a template's "<tool_call>" advice
+    # that comes with them) would describe a format this parser does not read.
+    schemas_in_prompt = False
 
     def __init__(self, tool_schemas: list[dict] | None = None):
         if tool_schemas:
@@ -476,7 +481,11 @@ class TagsParser:
     def format(
         self, calls: list[ToolCall] | None = None, answer: str | None = None, thought: str = ""
     ) -> str:
-        """Render calls and/or an answer as tags that `parse` reads back.
+        """Render calls and/or an answer as tags that `parse` reads back: ``<search> q </search>``.
+
+        The value is padded with one space on each side (Search-R1's convention; `parse` strips it), so a
+        word inside the tags is the same token as that word in running text (BPE vocabularies give
+        `` Novex`` and ``Novex`` different ids), which makes copying from observations a plain token copy.
 
         Raises:
             ValueError: When a call has a tool without a tag, other arguments than the tag's single
@@ -494,8 +503,8 @@ class TagsParser:
                     f"<{c.name}> carries exactly one string argument {pname!r}; got arguments {c.arguments!r}"
                 )
             _check_free_text(c.arguments[pname], f"<{c.name}> argument", (f"</{c.name}>", *opens))
-            parts.append(f"<{c.name}>{c.arguments[pname]}</{c.name}>")
+            parts.append(f"<{c.name}> {c.arguments[pname]} </{c.name}>")
         if answer is not None:
             _check_free_text(answer, "answer", (_ANSWER_CLOSE, *opens))
-            parts.append(f"{_ANSWER_OPEN}{answer}{_ANSWER_CLOSE}")
+            parts.append(f"{_ANSWER_OPEN} {answer} {_ANSWER_CLOSE}")
         return "\n".join(parts)

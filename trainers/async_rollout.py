@@ -23,8 +23,14 @@ training step admits the oldest ``groups_per_step`` of them. A group whose long 
 late is therefore never overtaken by fresher, shorter groups (no starvation), and no group is dropped for
 being stale: the staleness bound is enforced where sampling starts, not by discarding finished work.
 
-Departure from a fully synchronous loop: signal providers that score with the policy (IG probes) run with the
-learner's current weights at admission time, not with the behaviour weights.
+In `turngym train`, ``max_staleness=N`` (N > 0) makes the GRPO and PPO trainers take each step's batch from
+`AsyncRollout.from_config` instead of sampling it themselves; ``max_staleness=0`` (the default) keeps their plain
+synchronous loop and builds no producer.
+
+Departures from a fully synchronous loop: signal providers that score with the policy (IG probes) and PPO's
+critic run with the learner's current weights at admission time, not with the behaviour weights. A resumed run
+restarts the producer from the checkpoint's weights, so its first batch is fresh (staleness 0) where the
+uninterrupted run's was up to ``max_staleness`` old.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from turngym.errors import ConfigError
@@ -91,6 +97,8 @@ class AsyncRollout:
         max_staleness: Largest allowed ``learner_version - behaviour_version`` (0 = synchronous).
         start_step: First step to produce (a resumed run starts later); the learner is at version ``start_step``.
         stop_step: Produce steps ``start_step .. stop_step - 1``.
+        snapshot: ``snapshot(model) -> state_dict`` used by `push` when given a model (default ``model.state_dict()``).
+        on_close: Called by `close` after the producer thread stopped (e.g. to stop a Ray pool the producer owns).
 
     Example (inside a trainer loop)::
 
@@ -103,7 +111,8 @@ class AsyncRollout:
     """
 
     def __init__(self, produce: Callable[[int], list[Trajectory]], load_weights: Callable[[dict[str, Any]], None], *,
-                 groups_per_step: int, max_staleness: int = 1, start_step: int = 0, stop_step: int | None = None):
+                 groups_per_step: int, max_staleness: int = 1, start_step: int = 0, stop_step: int | None = None,
+                 snapshot: Callable[[Any], dict[str, Any]] | None = None, on_close: Callable[[], None] | None = None):
         if max_staleness < 0:
             raise ConfigError(f"max_staleness must be >= 0 (0 = synchronous), got {max_staleness}.")
         self.produce = produce
@@ -114,9 +123,11 @@ class AsyncRollout:
         self.behaviour_version = int(start_step)
         self._next_step = int(start_step)
         self._stop = stop_step
+        self.snapshot = snapshot or (lambda model: model.state_dict())
+        self._on_close = on_close
         self._pending: tuple[int, dict[str, Any]] | None = None
         self._buffer = GroupBuffer()
-        self._produced: dict[int, int] = {}  # step -> groups put
+        self._produced: dict[int, tuple[int, float]] = {}  # step -> (groups put, seconds spent producing them)
         self._cv = threading.Condition()
         self._closed = False
         self._error: BaseException | None = None
@@ -125,6 +136,20 @@ class AsyncRollout:
         self._thread.start()
 
     # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_config(cls, cfg: Any, setup: Any, *, start_step: int = 0) -> AsyncRollout:
+        """The trainers' producer: ``cfg.max_staleness``, and `local` or `ray` after ``cfg.rollout_backend``.
+
+        With ``rollout_backend="ray"`` it starts its own `RayRolloutPool` (``cfg.rollout_workers`` actors; the
+        trainer's evaluations keep theirs) and stops it in `close`.
+        """
+        if cfg.rollout_backend != "ray":
+            return cls.local(cfg, setup, max_staleness=cfg.max_staleness, start_step=start_step)
+        from turngym.agents.ray_rollout import RayRolloutPool
+
+        pool = RayRolloutPool.from_config(cfg, setup)
+        return cls.ray(cfg, pool, max_staleness=cfg.max_staleness, start_step=start_step, close_pool=True)
 
     @classmethod
     def local(cls, cfg: Any, setup: Any, *, max_staleness: int = 1, start_step: int = 0,
@@ -139,8 +164,6 @@ class AsyncRollout:
             sample: ``sample(cfg, behaviour_setup, step) -> trajectories`` (default: ``common.rollout`` on the
                 step's task seeds with ``group_size`` and the step's sampler seed, as `grpo.sample` does).
         """
-        from dataclasses import replace
-
         from turngym.agents.policy import HFPolicy
         from turngym.trainers import common
 
@@ -168,17 +191,24 @@ class AsyncRollout:
                    max_staleness=max_staleness, start_step=start_step, stop_step=cfg.steps)
 
     @classmethod
-    def ray(cls, cfg: Any, pool: Any, *, max_staleness: int = 1, start_step: int = 0) -> AsyncRollout:
-        """A producer over a `turngym.agents.ray_rollout.RayRolloutPool` (weights pushed with ``sync_weights``)."""
+    def ray(cls, cfg: Any, pool: Any, *, max_staleness: int = 1, start_step: int = 0,
+            close_pool: bool = False) -> AsyncRollout:
+        """A producer over a `turngym.agents.ray_rollout.RayRolloutPool` (weights pushed with ``sync_weights``).
+
+        Pushed models are shipped as `ray_rollout.policy_weights` (LoRA adapters merged: the workers run the plain
+        model). ``close_pool``: stop the pool in `close` (the producer owns it).
+        """
+        from turngym.agents.ray_rollout import policy_weights
         from turngym.trainers import common
         from turngym.trainers.grpo import step_seed
 
         def produce(step: int) -> list[Trajectory]:
-            seed = step_seed(cfg, step, 0)
-            return pool.collect(common.task_seeds(cfg, step), cfg.group_size, common.sampling_params(cfg, seed=seed))
+            params = replace(common.sampling_params(cfg), seed=step_seed(cfg, step, 0))
+            return pool.collect(common.task_seeds(cfg, step), cfg.group_size, params)
 
         return cls(produce, pool.sync_weights, groups_per_step=cfg.tasks_per_step, max_staleness=max_staleness,
-                   start_step=start_step, stop_step=cfg.steps)
+                   start_step=start_step, stop_step=cfg.steps, snapshot=lambda model: policy_weights(model)[1],
+                   on_close=pool.close if close_pool else None)
 
     # ------------------------------------------------------------------ producer thread
 
@@ -198,10 +228,11 @@ class AsyncRollout:
                     self.behaviour_version = pending[0]
                 t0 = time.perf_counter()
                 trajs = self.produce(step)
-                self.produce_s += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                self.produce_s += seconds
                 with self._cv:
                     self._buffer.put(trajs, self.behaviour_version)
-                    self._produced[step] = len({t.group_id for t in trajs})
+                    self._produced[step] = (len({t.group_id for t in trajs}), seconds)
                     self._next_step = step + 1
                     self._cv.notify_all()
         except BaseException as e:  # noqa: BLE001 - re-raised in the learner thread by get()
@@ -215,7 +246,8 @@ class AsyncRollout:
     # ------------------------------------------------------------------ learner side
 
     def get(self, step: int, timeout_s: float | None = None) -> tuple[list[Trajectory], dict[str, float]]:
-        """The trajectories to train step ``step`` on (oldest groups first) and ``async/*`` metrics.
+        """The trajectories to train step ``step`` on (oldest groups first) and their metrics: ``async/*``, and
+        ``perf/rollout_s`` (the seconds the producer spent sampling this step's batch, overlapped with training).
 
         Blocks until the producer has finished the batch of ``step``. Raises the producer's exception if it
         failed, and `TimeoutError` after ``timeout_s``.
@@ -228,7 +260,7 @@ class AsyncRollout:
                     from self._error
             if not ok:
                 raise TimeoutError(f"async rollout: no batch for step {step} after {timeout_s} s.")
-            n = self._produced.pop(step)
+            n, seconds = self._produced.pop(step)
             trajs = self._buffer.take(n, self.learner_version)
         st = [t.meta["staleness"] for t in trajs] or [0]
         return trajs, {
@@ -236,6 +268,7 @@ class AsyncRollout:
             "async/staleness_max": float(max(st)),
             "async/wait_s": time.perf_counter() - t0,
             "async/buffered_groups": float(len(self._buffer)),
+            "perf/rollout_s": seconds,
         }
 
     def push(self, model_or_state_dict: Any) -> int:
@@ -243,7 +276,7 @@ class AsyncRollout:
 
         The state dict is copied to CPU now, so the learner may keep training the live model.
         """
-        sd = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
+        sd = self.snapshot(model_or_state_dict) if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
         sd = {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
         with self._cv:
             self.learner_version += 1
@@ -252,11 +285,14 @@ class AsyncRollout:
         return self.learner_version
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Stop the producer (waits for the batch in flight, at most ``timeout_s``)."""
+        """Stop the producer (waits for the batch in flight, at most ``timeout_s``), then run ``on_close``."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout=timeout_s)
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
 
     def __enter__(self):
         return self

@@ -46,7 +46,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def setup(cfg: TrainConfig) -> Setup:
     """Seed, build the policy model, its renderer and the sampler."""
     from turngym.agents.policy import HFPolicy
-    from turngym.agents.render import Renderer
+    from turngym.agents.render import Renderer, prompt_tool_schemas
     from turngym.agents.tiny import load_policy_model
     from turngym.envs import make
 
@@ -62,7 +62,7 @@ def setup(cfg: TrainConfig) -> Setup:
     if cfg.lora:
         model = apply_lora(model, cfg)
     env = make(cfg.env_id, **cfg.env_kwargs)
-    renderer = Renderer(tok, env.tool_schemas)
+    renderer = Renderer(tok, prompt_tool_schemas(env))
     env.close()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     return Setup(model, tok, renderer, HFPolicy(model, tok), device, int(pad_id))
@@ -163,7 +163,11 @@ def evaluate(cfg: TrainConfig, s: Setup) -> tuple[dict[str, float], list[Traject
 
 
 def warm_start(cfg: TrainConfig, s: Setup, log) -> dict[str, float]:
-    """SFT on the noisy scripted expert's demonstrations (``cfg.sft_episodes`` episodes, seeds below eval)."""
+    """SFT on the noisy scripted expert's demonstrations (``cfg.sft_episodes`` episodes, seeds below eval),
+    after ``cfg.pretrain_steps`` of language modelling on every token of the same episodes.
+
+    ``log(metrics)`` gets ``{"pretrain/step", "pretrain/loss"}`` and ``{"sft/step", "sft/loss"}`` every few steps.
+    """
     from turngym.trainers.sft import collect_demonstrations, sft_train
 
     rng = np.random.default_rng([cfg.seed, 7])
@@ -174,16 +178,23 @@ def warm_start(cfg: TrainConfig, s: Setup, log) -> dict[str, float]:
         max_traj_tokens=cfg.max_traj_tokens,
     )
     expert_success = sum(succeeded(t) for t in demos) / max(len(demos), 1)
+    out = {"sft/episodes": float(len(demos)), "sft/expert_success": expert_success}
+    if cfg.pretrain_steps > 0:
+        every_pre = max(1, cfg.pretrain_steps // 10)
+        pre = sft_train(s.model, demos, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, batch_size=cfg.sft_batch_size,
+                        pad_id=s.pad_id, seed=cfg.seed + 1, tokens="all",
+                        on_step=lambda st, loss: (st + 1) % every_pre == 0
+                        and log({"pretrain/step": st + 1, "pretrain/loss": loss}))
+        out["sft/pretrain_loss"] = pre[-1]
     every = max(1, cfg.sft_steps // 20)
 
     def on_step(step: int, loss: float) -> None:
         if (step + 1) % every == 0 or step + 1 == cfg.sft_steps:
-            log(step + 1, loss)
+            log({"sft/step": step + 1, "sft/loss": loss})
 
     losses = sft_train(s.model, demos, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
                        pad_id=s.pad_id, seed=cfg.seed, on_step=on_step)
-    return {"sft/episodes": float(len(demos)), "sft/expert_success": expert_success,
-            "sft/loss": losses[-1] if losses else math.nan}
+    return out | {"sft/loss": losses[-1] if losses else math.nan}
 
 
 def probe_scorer(model, pad_id: int, batch_size: int = 32):

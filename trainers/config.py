@@ -170,8 +170,14 @@ class TrainConfig:
     """Rollout workers for the ray backend."""
     generation_backend: GenerationBackend = "hf"
     """Sampler engine: "hf" (transformers generate) or "vllm" (GPU, needs turngym[vllm])."""
+    max_staleness: int = 0
+    """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
 
     # --- sft warm start
+    pretrain_steps: int = 0
+    """Language-model steps on every token of the expert episodes (prompts, documents, actions) before SFT; teaches a from-scratch tiny model to read and copy text. 0 skips it."""
+    pretrain_lr: float = 3e-3
+    """Learning rate of the language-model pretraining."""
     sft_steps: int = 300
     """SFT steps on scripted-expert demonstrations before RL; 0 skips the warm start."""
     sft_lr: float = 2e-3
@@ -311,7 +317,7 @@ def _check_positive(c: TrainConfig) -> str:
         if v < 1:
             return f"{name}={v} must be >= 1. Fix: {name}=1 or more."
     for name in ("steps", "sft_steps", "sft_episodes", "eval_tasks", "eval_every", "checkpoint_every",
-                 "save_trajectories", "warmup_steps", "overlong_buffer", "eval_seed"):
+                 "save_trajectories", "warmup_steps", "overlong_buffer", "eval_seed", "max_staleness"):
         v = getattr(c, name)
         if v < 0:
             return f"{name}={v} must be >= 0. Fix: {name}=0 or more."
@@ -430,6 +436,21 @@ def _check_algo(c: TrainConfig) -> str:
     return ""
 
 
+def _check_async(c: TrainConfig) -> str:
+    if c.max_staleness and c.algo == "multi":
+        return (
+            f"max_staleness={c.max_staleness} (async rollouts) with algo='multi': the multi-agent trainer samples "
+            "synchronously. Fix: max_staleness=0, or algo=grpo / algo=ppo."
+        )
+    if c.max_staleness and c.dynamic_sampling:
+        return (
+            f"max_staleness={c.max_staleness} (async rollouts) with dynamic_sampling=true: the async producer samples "
+            "exactly tasks_per_step tasks per step and cannot resample zero-variance groups. "
+            "Fix: dynamic_sampling=false, or max_staleness=0."
+        )
+    return ""
+
+
 def _check_run(c: TrainConfig) -> str:
     if c.resume and not c.run_dir:
         return "resume=true needs run_dir. Fix: `turngym train --resume RUN_DIR` (or run_dir=PATH resume=true)."
@@ -438,7 +459,7 @@ def _check_run(c: TrainConfig) -> str:
 
 _CHECKS = (
     _check_positive, _check_group, _check_batch, _check_optim, _check_clip, _check_coefs,
-    _check_sampling, _check_algo, _check_run,
+    _check_sampling, _check_algo, _check_async, _check_run,
 )
 
 

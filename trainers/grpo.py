@@ -21,6 +21,12 @@ Departures from the GRPO paper (DeepSeekMath): the loss aggregation defaults to 
 than ``seq-mean-token-mean``; KL is off by default (``kl_coef=0``, as in DAPO / Dr.GRPO); clip-higher is on
 (``eps_high=0.28``); the advantage comes from the chosen credit method, of which outcome-only GRPO (``grpo``)
 is one. The sampler is the policy itself in process, so no weight sync is needed on CPU.
+
+Async rollouts (``max_staleness = N > 0``, `turngym.trainers.async_rollout`): step 1 takes its batch from a
+background producer that samples with a behaviour copy of the policy (or a Ray pool) up to N steps ahead, and
+the learner pushes its weights to it after every update. The ratio's "old" policy is then the behaviour policy
+that sampled the batch (its recorded log-probs, never recomputed), as in decoupled / one-step-off-policy PPO;
+signals are scored with the learner's current weights. Each step logs its staleness (``async/*``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 from turngym.credit import CREDIT, GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
 from turngym.trainers import common
+from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import capture_rng, load_latest, save_checkpoint
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
@@ -65,7 +72,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     else:
         start = 0
         if cfg.sft_steps > 0:
-            sft = common.warm_start(cfg, s, lambda st, loss: run.log(0, {"sft/step": st, "sft/loss": loss}, kind="sft"))
+            sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
             run.log(0, sft, kind="sft")
         before, trajs = common.evaluate(cfg, s)
         run.log(0, before, kind="eval")
@@ -74,46 +81,56 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     ref_model = frozen_copy(s.model) if cfg.kl_coef > 0 else None
     providers = common.signal_providers(cfg, s)
 
-    for step in range(start, cfg.steps):
-        t_step = time.perf_counter()
+    # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
+    producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
+    try:
+        for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
 
-        # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
-        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model)
+            # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
+            trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
 
-        # --- 4. credit
-        t0 = time.perf_counter()
-        batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
-        out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
-        metrics["perf/credit_s"] = time.perf_counter() - t0
-        annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
-        metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
-        metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
+            # --- 4. credit
+            t0 = time.perf_counter()
+            batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
+            out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
+            metrics["perf/credit_s"] = time.perf_counter() - t0
+            annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
+            metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
+            metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
-        # --- 5. update (skipped when advantages are not finite)
-        t0 = time.perf_counter()
-        if guard.check(step + 1, advantages=out.advantages):
-            train_m = update(cfg, s.model, optimizer, batch, out)
-            if guard.check(step + 1, loss=train_m["train/loss"]):
-                guard.step_ok()
-            metrics |= train_m
-        update_s = time.perf_counter() - t0
+            # --- 5. update (skipped when advantages are not finite)
+            t0 = time.perf_counter()
+            if guard.check(step + 1, advantages=out.advantages):
+                train_m = update(cfg, s.model, optimizer, batch, out)
+                if guard.check(step + 1, loss=train_m["train/loss"]):
+                    guard.step_ok()
+                metrics |= train_m
+            update_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
+                producer.push(s.model)
+            sync_s = time.perf_counter() - t0
 
-        # --- 6. log, evaluate, checkpoint
-        n_sampled = float(batch.action_mask.sum())
-        metrics |= guard.metrics(step + 1) | {
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "perf/update_s": update_s, "perf/sync_s": 0.0,
-            "perf/step_s": time.perf_counter() - t_step,
-            "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
-            "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
-            "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
-        }
-        run.log(step + 1, metrics)
-        run.log_trajectories(step + 1, trajs)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint(cfg, run, s.model, optimizer, step + 1, guard, before)
+            # --- 6. log, evaluate, checkpoint
+            n_sampled = float(batch.action_mask.sum())
+            metrics |= guard.metrics(step + 1) | {
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "perf/update_s": update_s, "perf/sync_s": sync_s,
+                "perf/step_s": time.perf_counter() - t_step,
+                "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
+                "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
+                "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
+            }
+            run.log(step + 1, metrics)
+            run.log_trajectories(step + 1, trajs)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint(cfg, run, s.model, optimizer, step + 1, guard, before)
+    finally:
+        if producer is not None:
+            producer.close()
 
     # --- final evaluation, checkpoint and report
     after, trajs = common.evaluate(cfg, s)
@@ -136,22 +153,29 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     return summary
 
 
-def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None
-                  ) -> tuple[list, GroupBatch, dict[str, float]]:
-    """Steps 1-3 of both trainers: the step's trajectories, their signals, and the `GroupBatch` with
-    overlong shaping, behaviour log-probs (recomputed only when the sampler gave none) and reference log-probs."""
+def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None,
+                  producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
+    """Steps 1-3 of both trainers: the step's trajectories (sampled now, or taken from the async ``producer``),
+    their signals, and the `GroupBatch` with overlong shaping, behaviour log-probs (recomputed only when a
+    synchronous sampler gave none) and reference log-probs."""
     t0 = time.perf_counter()
-    trajs, dapo = sample(cfg, s, step)
-    metrics = common.rollout_metrics(trajs) | dapo
-    metrics["perf/rollout_s"] = time.perf_counter() - t0
+    if producer is None:
+        trajs, extra = sample(cfg, s, step)
+        extra["perf/rollout_s"] = time.perf_counter() - t0
+    else:  # sampled in the background, at most max_staleness versions old; async/* metrics
+        trajs, extra = producer.get(step)
+    metrics = common.rollout_metrics(trajs) | extra
 
     t0 = time.perf_counter()
-    run_providers(trajs, providers)  # behaviour policy = current weights, before the update
+    run_providers(trajs, providers)  # current weights, before the update (the behaviour policy unless async)
     metrics["perf/signals_s"] = time.perf_counter() - t0
 
     batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
     metrics |= common.overlong_shaping(cfg, batch)
     if batch.old_logprobs is None:
+        if producer is not None:  # the current weights are not the behaviour policy: the ratio would be wrong
+            raise RuntimeError("async rollouts (max_staleness > 0) need the sampler's log-probs, but some turns "
+                               "have none. Fix: a sampler that records log-probs, or max_staleness=0.")
         batch.old_logprobs = batch_logprobs(s.model, batch)
     if ref_model is not None:
         batch.ref_logprobs = batch_logprobs(ref_model, batch)

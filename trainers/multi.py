@@ -1,9 +1,11 @@
-"""Multi-agent RL on turn-based (AEC) text envs: shared, separate or self-play policies, GRPO-style updates.
+"""Multi-agent RL on PettingZoo text envs (turn-based AEC or simultaneous-move Parallel): shared, separate or
+self-play policies, GRPO-style updates.
 
 Algorithm (one step):
 
 1. **Rollout**: ``tasks_per_step`` task seeds, ``group_size`` episodes each, every agent acting with its role's
-   policy (`turngym.agents.multi_rollout`: one batched generate call per policy per round, token-in/token-out).
+   policy (`turngym.agents.multi_rollout`: one batched generate call per policy per round, token-in/token-out; in
+   a Parallel env every live agent acts each round on its own observation).
    Each agent's turns form its own trajectory; ``group_id = f"{env_id}:{seed}:{agent}"``, so every baseline
    compares the same role on the same task.
 2. **Counterfactuals** (``credit=team-difference`` only): each episode is replayed with one role scripted
@@ -14,8 +16,9 @@ Algorithm (one step):
 4. **Update, per learner**: `turngym.trainers.update.update` (clipped PG) on that batch with the learner's
    optimizer. Each learner's loss only covers its own sampled tokens: the other roles' trajectories are not in
    its batch, and their actions are in its context only as the observation messages the env delivered (mask 0).
-5. **Log and evaluate**: team success per episode, per-role outcome / turns / tokens, per-learner loss and credit
-   diagnostics (``multi/*``); held-out evaluation before and after (and every ``eval_every`` steps).
+5. **Log, evaluate, checkpoint**: team success per episode, per-role outcome / turns / tokens, per-learner loss and
+   credit diagnostics (``multi/*``); held-out evaluation before and after (and every ``eval_every`` steps); atomic
+   checkpoints every ``checkpoint_every`` steps and at the end, from which ``--resume`` continues.
 
 Modes (``multi_mode``):
 
@@ -31,8 +34,14 @@ Before RL each learner is warm-started by SFT (`turngym.trainers.sft.sft_train`)
 of the scripted role policies (``env.expert_action(agent, rng, expert_noise)``), played through the same engine
 and renderer as RL.
 
-Departures and limits: no checkpoint/resume (the final weights of each learner are saved with
-``save_pretrained`` under ``run_dir/final/<learner>``); no KL reference; DAPO dynamic sampling is not applied.
+A checkpoint (`turngym.trainers.checkpoint`, one atomic folder) holds every learner's model and optimizer, the
+self-play pool's snapshots, the RNG states (global ones and the opponent-draw generator) and the run log's byte
+offsets; task seeds and sampler seeds are pure functions of (seed, step), so a resumed run continues the step count
+with the same data and no duplicated or lost metrics lines. The final weights of each learner are also saved with
+``save_pretrained`` under ``run_dir/final/<learner>``.
+
+Departures and limits: no KL reference; DAPO dynamic sampling is not applied; with ``lora=true`` only the adapters
+are checkpointed, except in self-play, where the frozen snapshots make the checkpoint hold full weights.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from turngym.credit import CREDIT, GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
 from turngym.errors import ConfigError
 from turngym.trainers import common
+from turngym.trainers.checkpoint import Checkpoint, capture_rng, load_latest, save_checkpoint
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
@@ -76,23 +86,30 @@ class Learner:
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     """Run multi-agent RL end to end; returns a summary (team success before/after, run directory)."""
     CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
-    if cfg.resume:
-        raise ConfigError("algo=multi does not support --resume yet; start a new run (run_dir=...).")
     tok, renderer, device, roles, base = build_tokenizer(cfg)
     learners = build_learners(cfg, tok, renderer, device, roles, base)
     del base
-    run = RunLog(cfg.run_dir, cfg, console=console)
-    rng = np.random.default_rng([cfg.seed, 5])
+    rng = np.random.default_rng([cfg.seed, 5])  # self-play opponent draws
 
-    # --- warm start and initial evaluation
-    if cfg.sft_steps > 0:
-        run.log(0, warm_start(cfg, learners, renderer, roles, tok), kind="sft")
-    pool: list[Any] = [frozen(learners[0].model)] if cfg.multi_mode == "self_play" else []
-    before, trajs = evaluate(cfg, learners, renderer, roles, tok)
-    run.log(0, before, kind="eval")
-    run.log_trajectories(0, trajs, kind="eval")
+    # --- resume, or warm start and initial evaluation
+    ckpt = load_latest(cfg.run_dir) if cfg.resume and cfg.run_dir else None
+    run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
+                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
+    if ckpt is not None:
+        pool = restore(ckpt, learners, rng)
+        start, before = ckpt.step, ckpt.extra.get("eval_before", {})
+        run.message(f"resumed from {ckpt.path} at step {start}")
+    else:
+        start = 0
+        if cfg.sft_steps > 0:
+            run.log(0, warm_start(cfg, learners, renderer, roles, tok), kind="sft")
+        pool = [frozen(learners[0].model)] if cfg.multi_mode == "self_play" else []
+        before, trajs = evaluate(cfg, learners, renderer, roles, tok)
+        run.log(0, before, kind="eval")
+        run.log_trajectories(0, trajs, kind="eval")
+        checkpoint(cfg, run, learners, pool, rng, 0, before)
 
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         t_step = time.perf_counter()
 
         # --- 1. rollout (who plays which seat)
@@ -146,11 +163,14 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         run.log_trajectories(step + 1, trajs)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run.log(step + 1, evaluate(cfg, learners, renderer, roles, tok)[0], kind="eval")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(cfg, run, learners, pool, rng, step + 1, before)
 
-    # --- final evaluation, weights and report
+    # --- final evaluation, checkpoint, weights and report
     after, trajs = evaluate(cfg, learners, renderer, roles, tok)
     run.log(cfg.steps, after, kind="eval")
     run.log_trajectories(cfg.steps, trajs, kind="eval")
+    checkpoint(cfg, run, learners, pool, rng, cfg.steps, before)
     for ln in learners:
         out = run.run_dir / "final" / ln.name
         ln.model.save_pretrained(out)
@@ -162,11 +182,70 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     if cfg.report:
         summary["report"] = str(write_report(run.run_dir, cfg, summary))
     run.message(
-        f"held-out team success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
+        f"held-out team success: {_fmt(summary['success_before'])} -> {_fmt(summary['success_after'])} "
         f"({cfg.eval_tasks} tasks, {cfg.multi_mode}); run directory {run.run_dir}"
     )
     run.close()
     return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+class Optimizers:
+    """Several optimizers saved and restored as one (``state_dict()`` -> ``{learner: state}``), for
+    `save_checkpoint` / `Checkpoint.restore`."""
+
+    def __init__(self, optimizers: dict[str, Any]):
+        self.optimizers = optimizers
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: opt.state_dict() for k, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.optimizers) - set(state))
+        if missing:
+            raise ConfigError(f"the checkpoint holds no optimizer state for learner(s) {missing}; it was saved by "
+                              f"a run with learners {sorted(state)} (another multi_mode?).")
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state[k])
+
+
+def bundle(learners: list[Learner], pool: list[Any]) -> tuple[torch.nn.Module, Optimizers]:
+    """Every learner's model and the self-play pool as one module (``learners.<i>``, ``pool.<j>``), and their
+    optimizers as one."""
+    models = torch.nn.ModuleDict({"learners": torch.nn.ModuleList([ln.model for ln in learners]),
+                                  "pool": torch.nn.ModuleList(pool)})
+    return models, Optimizers({ln.name: ln.optimizer for ln in learners})
+
+
+def checkpoint(cfg: TrainConfig, run: RunLog, learners: list[Learner], pool: list[Any], rng: np.random.Generator,
+               step: int, before: dict) -> None:
+    """Atomic checkpoint of every learner (model + optimizer), the self-play pool, the RNGs and the run log."""
+    run.sync()
+    models, opts = bundle(learners, pool)
+    save_checkpoint(
+        run.run_dir, step, model=models, optimizer=opts, data_state={"next_step": step}, config=cfg,
+        keep=cfg.keep_checkpoints, trainable_only=cfg.lora and not pool, rng=capture_rng(),
+        extra={"eval_before": before, "runlog": run.state_dict(), "learners": [ln.name for ln in learners],
+               "pool_size": len(pool), "opponent_rng": rng.bit_generator.state},
+    )
+
+
+def restore(ckpt: Checkpoint, learners: list[Learner], rng: np.random.Generator) -> list[Any]:
+    """Load a `checkpoint` into ``learners`` and ``rng``; returns the self-play pool it held."""
+    saved = ckpt.extra.get("learners", [])
+    if saved != [ln.name for ln in learners]:
+        raise ConfigError(f"checkpoint {ckpt.path} holds learners {saved}, but this run builds "
+                          f"{[ln.name for ln in learners]}; resume with the run's own config.yaml.")
+    pool = [frozen(learners[0].model) for _ in range(int(ckpt.extra.get("pool_size", 0)))]
+    ckpt.restore(*bundle(learners, pool))
+    rng.bit_generator.state = ckpt.extra["opponent_rng"]
+    return pool
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -177,14 +256,14 @@ def build_tokenizer(cfg: TrainConfig):
 
     The tiny tokenizer is trained on every role's text from the scripted policies (`multi_env_texts`).
     """
-    from turngym.agents.multi_rollout import _make_aec, multi_env_texts
+    from turngym.agents.multi_rollout import make_multi_env, multi_env_texts
     from turngym.agents.render import Renderer
     from turngym.agents.tiny import load_policy_model
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    env = _make_aec(cfg.env_id, dict(cfg.env_kwargs))
+    env = make_multi_env(cfg.env_id, cfg.env_kwargs)
     roles = list(env.possible_agents)
     env.close()
     device = common.resolve_device(cfg.device)

@@ -36,6 +36,9 @@ Departures from PPO (Schulman et al., 2017) and its RLHF form (Ouyang et al. / v
 * The value head shares the policy's trunk by default, with its own learning rate; its gradient reaches the trunk
   through ``value_coef`` (the paper's shared-parameter variant). ``critic="separate"`` is verl's separate critic.
 * The sampler is the policy itself in process, so there is no weight sync on CPU.
+* Async rollouts (``max_staleness > 0``): as in GRPO, batches come from a background producer up to
+  ``max_staleness`` versions behind; the ratio uses the behaviour log-probs, but the values ``V_old`` are the
+  learner's current critic at admission time, not the behaviour-time critic.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import torch
 from turngym.credit import CREDIT, assign_credit
 from turngym.errors import ConfigError
 from turngym.trainers import common
+from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import load_latest
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
@@ -74,7 +78,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
                  resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
     if ckpt is None and cfg.sft_steps > 0:
-        sft = common.warm_start(cfg, s, lambda st, loss: run.log(0, {"sft/step": st, "sft/loss": loss}, kind="sft"))
+        sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
         run.log(0, sft, kind="sft")
     critic = build_critic(cfg.critic, s.model)
     optimizer = make_optimizer(cfg, s.model, critic)
@@ -94,48 +98,58 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     providers = common.signal_providers(cfg, s)
     credit_cfg = credit_options(cfg)
 
-    for step in range(start, cfg.steps):
-        t_step = time.perf_counter()
+    # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
+    producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
+    try:
+        for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
 
-        # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
-        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model)
+            # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
+            trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
 
-        # --- 4. values of the behaviour-time critic, credit (GAE / BAD over policy tokens)
-        t0 = time.perf_counter()
-        batch.values = critic.batch_values(s.model, batch)  # [B, L], 0 off policy tokens
-        out = assign_credit(cfg.credit, batch, **credit_cfg)
-        metrics["perf/credit_s"] = time.perf_counter() - t0
-        metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
-        metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
+            # --- 4. values of the critic before this update (V_old), credit (GAE / BAD over policy tokens)
+            t0 = time.perf_counter()
+            batch.values = critic.batch_values(s.model, batch)  # [B, L], 0 off policy tokens
+            out = assign_credit(cfg.credit, batch, **credit_cfg)
+            metrics["perf/credit_s"] = time.perf_counter() - t0
+            metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
+            metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
-        # --- 5. update: clipped surrogate + value loss (skipped when advantages are not finite)
-        t0 = time.perf_counter()
-        if guard.check(step + 1, advantages=out.advantages):
-            critic.train()
-            train_m = update(cfg, s.model, optimizer, batch, out, critic=critic)
-            critic.eval()
-            if guard.check(step + 1, loss=train_m["train/loss"]):
-                guard.step_ok()
-            metrics |= train_m
-        update_s = time.perf_counter() - t0
+            # --- 5. update: clipped surrogate + value loss (skipped when advantages are not finite)
+            t0 = time.perf_counter()
+            if guard.check(step + 1, advantages=out.advantages):
+                critic.train()
+                train_m = update(cfg, s.model, optimizer, batch, out, critic=critic)
+                critic.eval()
+                if guard.check(step + 1, loss=train_m["train/loss"]):
+                    guard.step_ok()
+                metrics |= train_m
+            update_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
+                producer.push(s.model)
+            sync_s = time.perf_counter() - t0
 
-        # --- 6. log, evaluate, checkpoint
-        n_sampled = float(batch.action_mask.sum())
-        metrics |= guard.metrics(step + 1) | {
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "train/critic_lr": optimizer.param_groups[1]["lr"],
-            "perf/update_s": update_s, "perf/sync_s": 0.0,
-            "perf/step_s": time.perf_counter() - t_step,
-            "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
-            "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
-            "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
-        }
-        run.log(step + 1, metrics)
-        run.log_trajectories(step + 1, trajs)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint(cfg, run, modules, optimizer, step + 1, guard, before)
+            # --- 6. log, evaluate, checkpoint
+            n_sampled = float(batch.action_mask.sum())
+            metrics |= guard.metrics(step + 1) | {
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/critic_lr": optimizer.param_groups[1]["lr"],
+                "perf/update_s": update_s, "perf/sync_s": sync_s,
+                "perf/step_s": time.perf_counter() - t_step,
+                "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
+                "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
+                "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
+            }
+            run.log(step + 1, metrics)
+            run.log_trajectories(step + 1, trajs)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before)
+    finally:
+        if producer is not None:
+            producer.close()
 
     # --- final evaluation, checkpoint and report
     after, trajs = common.evaluate(cfg, s)

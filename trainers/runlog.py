@@ -105,13 +105,21 @@ METRICS: dict[str, str] = {
     "train/lr": "Learning rate at the end of the step.",
     "train/critic_lr": "Learning rate of the critic's parameter group at the end of the step (PPO only).",
     "train/optimizer_steps": "Optimizer steps taken in this step (ppo_epochs x minibatches, minus skipped ones).",
+    # --- async rollouts (max_staleness > 0)
+    "async/staleness_mean": "Mean staleness of this step's trajectories: learner version (updates so far) minus "
+    "the version of the behaviour weights that sampled them; at most max_staleness.",
+    "async/staleness_max": "Largest staleness among this step's trajectories.",
+    "async/wait_s": "Wall seconds the learner waited for this step's batch (0 when the producer is ahead).",
+    "async/buffered_groups": "Finished groups already sampled for later steps when this step's batch was taken.",
     # --- performance
     "perf/step_s": "Wall seconds of the whole step.",
-    "perf/rollout_s": "Wall seconds spent sampling rollouts (generation, envs, tools).",
+    "perf/rollout_s": "Wall seconds spent sampling this step's rollouts (generation, envs, tools); with async "
+    "rollouts, the producer's time on this step's batch, overlapped with training.",
     "perf/signals_s": "Wall seconds spent in signal providers.",
     "perf/credit_s": "Wall seconds spent in credit assignment.",
     "perf/update_s": "Wall seconds spent in forward/backward passes and optimizer steps.",
-    "perf/sync_s": "Wall seconds spent syncing weights to the sampler.",
+    "perf/sync_s": "Wall seconds spent handing the new weights to the async rollout producer (a copy to CPU); 0 "
+    "when sampling is synchronous.",
     "perf/tokens_per_s": "Sampled tokens per second of rollout time (throughput shown on the progress bar).",
     "perf/train_tokens_per_s": "Tokens (prompt + actions + observations) trained per second of update time.",
     "perf/trajectories_per_s": "Trajectories per second of the whole step.",
@@ -131,6 +139,9 @@ METRICS: dict[str, str] = {
     "sft/lr": "SFT learning rate.",
     "sft/episodes": "Expert demonstration episodes in the SFT data.",
     "sft/expert_success": "Success rate of the noisy scripted expert on the SFT episodes.",
+    "sft/pretrain_loss": "Language-model loss (every token) at the end of the pretraining stage.",
+    "pretrain/step": "Language-model pretraining steps completed (before SFT; `pretrain_steps`).",
+    "pretrain/loss": "Next-token cross-entropy over every token of the expert episodes (pretraining).",
     # --- multi-agent trainer (algo=multi)
     "multi/*": "Multi-agent trainer: per-role rollout and evaluation metrics (`multi/<role>/reward`, "
     "`multi/eval/<role>/success`, ...), per-learner update and credit metrics (`multi/<learner>/train/loss`, "
@@ -405,7 +416,7 @@ class RunLog:
         self._metrics.flush()
         self._last[kind] = line
         if self._tb is not None:
-            tb_step = int(line.get("sft/step", step)) if kind == "sft" else int(step)
+            tb_step = int(line.get("sft/step", line.get("pretrain/step", step))) if kind == "sft" else int(step)
             for k, v in line.items():
                 if k not in _RESERVED and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, tb_step)
@@ -456,6 +467,9 @@ class RunLog:
         if kind == "train":
             self._bar.update("train", f"RL {getattr(self.cfg, 'algo', '')}/{getattr(self.cfg, 'credit', '')}",
                              int(step), self.totals.get("train", 0), progress_stats(line))
+        elif kind == "sft" and "pretrain/step" in line:
+            self._bar.update("pretrain", "LM pretraining", int(line["pretrain/step"]),
+                             int(getattr(self.cfg, "pretrain_steps", 0) or 0), f"loss {_fmt(line.get('pretrain/loss'))}")
         elif kind == "sft":
             sft_step = int(line.get("sft/step", 0))
             loss = line.get("sft/loss")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 
@@ -38,13 +39,22 @@ def collect_demonstrations(env_id: str, tokenizer, renderer, seeds: Sequence[int
 
 
 def sft_train(model, trajectories: list[Trajectory], *, steps: int, lr: float, batch_size: int, pad_id: int,
-              seed: int = 0, max_grad_norm: float = 1.0,
+              seed: int = 0, max_grad_norm: float = 1.0, tokens: Literal["actions", "all"] = "actions",
               on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` on the action tokens of ``trajectories`` for ``steps`` AdamW steps.
+
+    ``tokens="all"`` trains on every token instead (prompt, observations and actions: plain language
+    modelling of the episodes), the pretraining that teaches a from-scratch tiny model to read the env's text
+    and copy names from it before SFT proper.
+
+    Each step trains on one length bucket (`length_buckets`): rows of similar length, so little compute goes
+    to padding; an epoch visits every bucket once in a random order.
 
     Returns:
         The loss of each step (mean NLL per action token).
     """
+    if tokens not in ("actions", "all"):
+        raise ValueError(f"tokens must be 'actions' or 'all', got {tokens!r}.")
     if not trajectories:
         raise ValueError("sft_train got no trajectories; collect demonstrations first (collect_demonstrations).")
     device = next(model.parameters()).device
@@ -55,14 +65,21 @@ def sft_train(model, trajectories: list[Trajectory], *, steps: int, lr: float, b
         opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps)))
     )
     gen = torch.Generator().manual_seed(seed)
+    buckets = length_buckets(batch, batch_size)
     model.train()
     losses = []
+    order: list[int] = []
     for step in range(steps):
-        rows = torch.randperm(batch.batch_size, generator=gen)[:batch_size].to(device)
+        if not order:  # a new epoch: every bucket once, in a fresh random order
+            order = torch.randperm(len(buckets), generator=gen).tolist()
+        rows = buckets[order.pop()].to(device)
         (chunk,) = list(iter_chunks(batch, rows, chunk_size=len(rows)))
-        logp, _, _ = chunk_logprobs(model, chunk)  # [b, l]
-        mask = batch.action_mask[chunk.rows, : chunk.length].float()  # [b, l]
-        loss = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
+        if tokens == "all":
+            loss = lm_loss(model, chunk)
+        else:
+            logp, _, _ = chunk_logprobs(model, chunk)  # [b, l]
+            mask = batch.action_mask[chunk.rows, : chunk.length].float()  # [b, l]
+            loss = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -73,3 +90,24 @@ def sft_train(model, trajectories: list[Trajectory], *, steps: int, lr: float, b
             on_step(step, losses[-1])
     model.eval()
     return losses
+
+
+def lm_loss(model, chunk) -> torch.Tensor:
+    """Mean next-token NLL over every real (non-padding) token of a chunk."""
+    labels = chunk.input_ids.masked_fill(chunk.attention_mask == 0, -100)  # [b, p + l]
+    first = chunk.attention_mask.argmax(1)  # [b] each row's first real token: nothing before it to predict from
+    labels[torch.arange(len(first)), first] = -100
+    out = model(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask, position_ids=chunk.position_ids,
+                labels=labels, use_cache=False)
+    return out.loss
+
+
+def length_buckets(batch: GroupBatch, batch_size: int) -> list[torch.Tensor]:
+    """Row indices cut into batches of similar total length (sorted, then split), so a step pads little.
+
+    Rows of equal length are ordered randomly by the caller's epoch shuffle of the buckets; each bucket
+    holds ``batch_size`` rows (the last one fewer).
+    """
+    lengths = (batch.prompt_mask.sum(1) + batch.attention_mask.sum(1)).cpu()
+    order = torch.argsort(lengths, stable=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,8 +1,8 @@
 """``search/HopQA-v0``: multi-hop questions over a generated world, answered by searching its corpus.
 
 The agent sees a question such as "What is the birthplace of the founder of Zentrix?", searches with
-``<search>founder of Zentrix</search>`` (one fact per query), reads the returned documents, searches the next
-hop ("birthplace of Mira Tal"), and answers ``<answer>Varton</answer>``. The world (entities, facts, corpus)
+``<search> founder of Zentrix </search>`` (one fact per query), reads the returned documents, searches the next
+hop ("birthplace of Mira Tal"), and answers ``<answer> Varton </answer>``. The world (entities, facts, corpus)
 is fixed per env instance by ``world_seed``; each ``reset(seed=...)`` draws a question from it.
 
 Gold data for credit (in ``info["task"]``): ``gold_answer``, ``gold_calls`` (the ideal queries),
@@ -17,16 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from turngym.envs.builtin.world import World, generate_world, question_text
 from turngym.envs.core import Env, Task
-
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
 TAGS_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia. Search for one fact at a time with "
-    "<search>query</search>, for example <search>founder of Zentrix</search>; the matching documents come back. "
-    "When you know the answer, reply with <answer>name</answer>."
+    "<search> query </search>, for example <search> founder of Zentrix </search>; the matching documents come "
+    "back. When you know the answer, reply with <answer> name </answer>."
 )
 HERMES_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia with the search tool, one fact at a time "

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from turngym.envs.core import Env, Score, Task, normalize_answer, token_f1
 
+from turngym.envs.core import Env, Score, Task, normalize_answer, token_f1
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
@@ -38,8 +38,8 @@ WORDS = [
 ]
 
 INSTRUCTIONS_TAGS = (
-    "Solve the task by running Python code. Write <python>code</python> to run code; print the value you need "
-    "and its output comes back. When you have the result, reply with <answer>value</answer>."
+    "Solve the task by running Python code. Write <python> code </python> to run code; print the value you need "
+    "and its output comes back. When you have the result, reply with <answer> value </answer>."
 )
 INSTRUCTIONS_HERMES = (
     "Solve the task by running Python code with the python tool; print the value you need and its output "

@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from turngym.envs.core import Env, Score, Task, exact_match, token_f1
 
+from turngym.envs.core import Env, Score, Task, exact_match, token_f1
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
 TAGS_INSTRUCTIONS = (
-    "Answer the question. You can search a knowledge corpus by writing <search>your query</search>; the best "
+    "Answer the question. You can search a knowledge corpus by writing <search> your query </search>; the best "
     "matching documents come back. Search as often as you need. When you know the answer, reply with a short "
-    "answer inside <answer>...</answer>, for example <answer>Paris</answer>."
+    "answer inside <answer> ... </answer>, for example <answer> Paris </answer>."
 )
 HERMES_INSTRUCTIONS = (
     "Answer the question. You can search a knowledge corpus with the search tool; the best matching documents "

@@ -145,3 +145,21 @@ def test_smollm2_real_template(smollm2_tokenizer):
     assert tok.decode(ids) == want
     assert want.endswith("<|im_start|>assistant\n") and "<|im_start|>tool\n[1] Zentrix" in want
     assert tok.decode(r.observation(OBS[0])).startswith("\n<|im_start|>tool\n")
+
+
+def test_tag_syntax_envs_show_no_json_schemas_and_json_call_envs_do(tok):
+    from turngym.agents.render import prompt_tool_schemas
+    from turngym.envs import make
+
+    tags_env, json_env = make("search/HopQA-v0"), make("tool/Calc-v0")
+    try:
+        assert tags_env.tool_schemas and prompt_tool_schemas(tags_env) is None  # the instructions teach <search>
+        assert prompt_tool_schemas(json_env) == json_env.tool_schemas
+        msgs, _ = tags_env.reset(seed=0)
+        text = Renderer(tok, prompt_tool_schemas(tags_env)).render_text(msgs)
+        assert "<search>" in text and '"function"' not in text and "<tool_call>" not in text
+        text = Renderer(tok, prompt_tool_schemas(json_env)).render_text(json_env.reset(seed=0)[0])
+        assert '"name": "calculator"' in text
+    finally:
+        tags_env.close()
+        json_env.close()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from turngym.agents.policy import HFPolicy, SamplingParams, ScriptedPolicy, score_sequence
-from turngym.agents.render import Renderer
+from turngym.agents.render import Renderer, prompt_tool_schemas
 from turngym.agents.rollout import collect_rollouts, group_normalize, summarize
 from turngym.types import read_jsonl
 
@@ -42,7 +42,7 @@ def test_packed_sequence_is_the_sampled_tokens_byte_for_byte(tiny, hf_rollouts):
 
     _, tok = tiny
     env = make(ENV_ID)
-    renderer = Renderer(tok, env.tool_schemas)  # the engine renders the env's tool schemas
+    renderer = Renderer(tok, prompt_tool_schemas(env))  # the engine renders the env's tool schemas
     env.close()
     for t in hf_rollouts:
         ids, mask = t.token_ids(), t.action_mask()

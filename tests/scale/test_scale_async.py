@@ -1,14 +1,20 @@
-"""Bounded-staleness async rollouts: the scheduling contract (fast) and a short tiny-model training run (slow)."""
+"""Bounded-staleness async rollouts: the scheduling contract, the trainers' ``max_staleness`` switch (fast) and
+sync vs async training through `turngym.trainers.grpo.train` (slow)."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from turngym.trainers.async_rollout import AsyncRollout, GroupBuffer
+from turngym.trainers.checkpoint import checkpoint_dirs, load_checkpoint
+from turngym.trainers.config import TrainConfig, resolve_train_config
+from turngym.trainers.runlog import read_metrics
 from turngym.types import Trajectory, Turn
 
 
@@ -86,53 +92,167 @@ def test_producer_errors_reach_the_learner():
     prod.close()
 
 
+class _FakePool:
+    """The `RayRolloutPool` surface `AsyncRollout.ray` uses, without Ray."""
+
+    def __init__(self):
+        self.params, self.synced, self.closed = [], [], False
+
+    def collect(self, seeds, group_size, params):
+        self.params.append(params)
+        return [Trajectory(group_id=f"s{s}", prompt_ids=[1], turns=[Turn([2], [-0.5])], seed=s)
+                for s in seeds for _ in range(group_size)]
+
+    def sync_weights(self, sd):
+        self.synced.append(sorted(sd))
+
+    def close(self):
+        self.closed = True
+
+
+def test_ray_producer_seeds_each_step_and_owns_its_pool():
+    from turngym.trainers.grpo import step_seed
+
+    cfg = TrainConfig(tasks_per_step=2, group_size=2, minibatch_size=4, steps=3, temperature=0.7, max_new_tokens=9)
+    pool, model = _FakePool(), torch.nn.Linear(2, 2)
+    model.config = None  # what `policy_weights` ships alongside the state dict
+    prod = AsyncRollout.ray(cfg, pool, max_staleness=1, close_pool=True)
+    for step in range(cfg.steps):
+        trajs, m = prod.get(step, timeout_s=30)
+        assert len(trajs) == 4 and m["async/staleness_max"] <= 1 and m["perf/rollout_s"] >= 0
+        prod.push(model)
+    prod.close()
+    assert [p.seed for p in pool.params] == [step_seed(cfg, step, 0) for step in range(cfg.steps)]
+    assert {(p.temperature, p.max_new_tokens) for p in pool.params} == {(0.7, 9)}
+    assert pool.synced and pool.synced[0] == ["bias", "weight"] and pool.closed
+
+
+def test_from_config_picks_the_backend_and_staleness(monkeypatch):
+    from turngym.agents import ray_rollout
+
+    pool = _FakePool()
+    monkeypatch.setattr(ray_rollout.RayRolloutPool, "from_config", classmethod(lambda cls, cfg, setup: pool))
+    cfg = TrainConfig(tasks_per_step=2, group_size=2, minibatch_size=4, steps=2, max_staleness=2,
+                      rollout_backend="ray", rollout_workers=2)
+    prod = AsyncRollout.from_config(cfg, setup=None, start_step=1)
+    assert prod.max_staleness == 2 and prod.learner_version == 1
+    trajs, _ = prod.get(1, timeout_s=30)  # a resumed run starts at its checkpoint's step
+    assert len(trajs) == 4
+    prod.close()
+    assert pool.closed  # the producer started this pool, so it stops it
+
+
+# --------------------------------------------------------------------------- the trainers' switch
+
+TINY = [
+    "env_id=search/HopQA-v0", "model=tiny", "model_size=1m", "device=cpu", "tasks_per_step=2", "group_size=2",
+    "minibatch_size=4", "ppo_epochs=1", "sft_steps=0", "eval_tasks=2", "max_turns=2", "max_new_tokens=16",
+    "max_traj_tokens=256", "save_trajectories=0", "tensorboard=false", "progress=false", "report=false",
+    "torch_threads=1", "seed=0", "lr=1e-3",
+    # a random-init policy gets all-equal outcomes (zero advantages): the entropy bonus moves the weights anyway
+    "entropy_coef=0.05",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tiny-cache"))
+
+
+def _train(algo: str, run_dir: Path, cache_dir: str, *extra: str) -> dict:
+    credit = "gae" if algo == "ppo" else "grpo"
+    cfg = resolve_train_config(None, [*TINY, f"algo={algo}", f"credit={credit}", f"cache_dir={cache_dir}",
+                                      f"run_dir={run_dir}", *extra])
+    if algo == "ppo":
+        from turngym.trainers.ppo import train
+    else:
+        from turngym.trainers.grpo import train
+    return train(cfg)
+
+
+def _policy(state: dict) -> dict:
+    return {k.removeprefix("policy."): v for k, v in state.items() if not k.startswith("critic.")}
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_trainer_takes_batches_from_the_async_producer(algo, tmp_path, cache_dir):
+    """3 steps with max_staleness=1: staleness logged and bounded, behaviour log-probs kept, weights moved."""
+    run = tmp_path / "run"
+    summary = _train(algo, run, cache_dir, "steps=3", "max_staleness=1", "checkpoint_every=0")
+    assert summary["steps"] == 3
+    lines = read_metrics(run, kind="train")
+    assert [d["step"] for d in lines] == [1, 2, 3]
+    for d in lines:
+        assert 0 <= d["async/staleness_mean"] <= d["async/staleness_max"] <= 1
+        assert d["async/wait_s"] >= 0 and d["perf/sync_s"] > 0 and d["perf/rollout_s"] > 0
+        assert math.isfinite(d["train/loss"]) and d["train/optimizer_steps"] >= 1
+        # the ratio's denominator is the behaviour policy: a stale batch shows the weights' drift since sampling;
+        # recomputing old_logprobs with the current weights would make approx_kl ~0 here too
+        if d["async/staleness_max"] == 0:
+            assert d["train/approx_kl"] < 1e-6, d
+        else:
+            assert d["train/approx_kl"] > 1e-6, d
+    assert lines[0]["async/staleness_max"] == 0  # the first batch is sampled with the starting weights
+    assert any(d["async/staleness_max"] == 1 for d in lines[1:])  # the producer ran one step ahead
+    first, last = (load_checkpoint(d) for d in checkpoint_dirs(run))
+    assert (first.step, last.step) == (0, 3)
+    before, after = _policy(first.model_state), _policy(last.model_state)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resumed_async_run_restarts_the_producer_at_the_checkpoint(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    _train("grpo", run, cache_dir, "steps=1", "max_staleness=1", "checkpoint_every=1")
+    from turngym.trainers.grpo import train
+
+    train(resolve_train_config(None, ["steps=2"], resume_dir=str(run)))
+    lines = read_metrics(run, kind="train")
+    assert [d["step"] for d in lines] == [1, 2]
+    assert lines[1]["async/staleness_max"] == 0  # a fresh producer samples with the restored weights
+
+
+def test_sync_run_logs_no_async_metrics(tmp_path, cache_dir):
+    _train("grpo", tmp_path / "run", cache_dir, "steps=1")
+    (d,) = read_metrics(tmp_path / "run", kind="train")
+    assert not any(k.startswith("async/") for k in d) and d["perf/sync_s"] < 0.01
+    assert d["train/approx_kl"] < 1e-6  # on-policy: behaviour = current weights
+
+
 @pytest.mark.slow
 def test_async_training_matches_sync_within_noise(tmp_path):
-    """Same SFT start, 6 GRPO steps sync (max_staleness=0) vs one-step-off-policy (1); held-out success."""
-    import copy
+    """Same config and SFT start, 6 GRPO steps through `grpo.train`: sync (max_staleness=0) vs one-step-off-policy
+    (max_staleness=1); staleness as configured, weights move, held-out success equal within noise.
 
-    import torch
-
-    from turngym.credit import GroupBatch, assign_credit
-    from turngym.trainers import common
-    from turngym.trainers.config import TrainConfig
-    from turngym.trainers.update import update
+    After this short warm start the tiny policy rarely succeeds, so outcome-only advantages are mostly 0; overlong
+    shaping over almost the whole budget (as in tests/trainers/test_methods_train.py) makes the reward depend on
+    the trajectory's length, so both runs get a real, non-constant signal."""
+    from turngym.trainers.grpo import train
 
     cfg = TrainConfig(env_id="search/HopQA-v0", model="tiny", model_size="1m", credit="grpo", tasks_per_step=4,
                       group_size=4, minibatch_size=16, steps=6, lr=5e-4, sft_steps=120, sft_episodes=96,
-                      sft_batch_size=16, eval_tasks=48, max_new_tokens=40, max_traj_tokens=200, torch_threads=1,
-                      cache_dir=str(tmp_path / "models"), device="cpu", report=False, tensorboard=False,
-                      progress=False)
-    s = common.setup(cfg)
-    common.warm_start(cfg, s, lambda step, loss: None)
-    start = copy.deepcopy(s.model.state_dict())
-    before = common.evaluate(cfg, s)[0]["eval/success"]
+                      sft_batch_size=16, eval_tasks=48, max_new_tokens=40, max_traj_tokens=200, overlong_buffer=190,
+                      torch_threads=1, cache_dir=str(tmp_path / "models"), device="cpu", checkpoint_every=0,
+                      save_trajectories=0, report=False, tensorboard=False, progress=False)
     results = {}
     for k in (0, 1):
-        s.model.load_state_dict(start)
-        opt = torch.optim.AdamW(s.model.parameters(), lr=cfg.lr)
-        prod = AsyncRollout.local(cfg, s, max_staleness=k)
-        stale = []
-        try:
-            for step in range(cfg.steps):
-                trajs, _ = prod.get(step, timeout_s=600)
-                stale += [t.meta["staleness"] for t in trajs]
-                batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id)
-                assert batch.old_logprobs is not None  # behaviour log-probs: the importance-ratio denominator
-                out = assign_credit(cfg.credit, batch)
-                tm = update(cfg, s.model, opt, batch, out)
-                assert math.isfinite(tm["train/loss"])
-                prod.push(s.model)
-        finally:
-            prod.close()
-        moved = max(float((v - start[n]).abs().max()) for n, v in s.model.state_dict().items())
-        results[k] = (common.evaluate(cfg, s)[0]["eval/success"], stale, moved)
-    (sync_s, sync_st, sync_moved), (async_s, async_st, async_moved) = results[0], results[1]
-    assert set(sync_st) == {0}
+        run = tmp_path / f"run{k}"
+        summary = train(cfg.replace(max_staleness=k, run_dir=str(run)))
+        lines = read_metrics(run, kind="train")
+        assert len(lines) == cfg.steps and all(math.isfinite(d["train/loss"]) for d in lines)
+        assert max(d["credit/adv_absmax"] for d in lines) > 0
+        for d in lines:  # a stale batch's ratio is against its behaviour log-probs, not recomputed ones
+            assert (d["train/approx_kl"] > 1e-7) == (d.get("async/staleness_max", 0) > 0), d
+        stale = [d.get("async/staleness_max") for d in lines]  # None: no async/* keys (synchronous)
+        first, last = (load_checkpoint(d) for d in checkpoint_dirs(run))
+        moved = max(float((v - first.model_state[n]).abs().max()) for n, v in last.model_state.items())
+        results[k] = (summary["success_before"], summary["success_after"], stale, moved)
+    (before0, sync_s, sync_st, sync_moved), (before1, async_s, async_st, async_moved) = results[0], results[1]
+    assert before0 == before1  # the same warm start
+    assert set(sync_st) == {None}
     assert set(async_st) <= {0, 1} and 1 in async_st
     assert sync_moved > 1e-4 and async_moved > 1e-4
     n = cfg.eval_tasks
     p = max(min((sync_s + async_s) / 2, 0.9), 0.1)
     noise = 3 * math.sqrt(2 * p * (1 - p) / n)  # 3 sigma of a difference of two binomial rates
-    print(f"held-out success: before {before:.3f}, sync {sync_s:.3f}, async {async_s:.3f} (3 sigma {noise:.3f})")
-    assert abs(sync_s - async_s) <= noise, (before, sync_s, async_s, noise)
+    print(f"held-out success: before {before0:.3f}, sync {sync_s:.3f}, async {async_s:.3f} (3 sigma {noise:.3f})")
+    assert abs(sync_s - async_s) <= noise, (before0, sync_s, async_s, noise)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from turngym.agents.policy import HFPolicy, SamplingParams, score_sequence
 from turngym.agents.ray_rollout import RayRolloutPool, RolloutSpec, RolloutWorker, collect
-from turngym.agents.render import Renderer
+from turngym.agents.render import Renderer, prompt_tool_schemas
 from turngym.agents.rollout import collect_rollouts
 from turngym.envs import make
 
@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
 
     model, tok = load_policy_model("tiny", env_id=ENV_ID, cache_dir=tmp_path_factory.mktemp("m"), n_seeds=16)
     env = make(ENV_ID)
-    renderer = Renderer(tok, env.tool_schemas)
+    renderer = Renderer(tok, prompt_tool_schemas(env))
     env.close()
     return model, tok, renderer
 

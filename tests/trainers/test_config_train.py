@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
+from turngym.config import ConfigError, field_docs, field_types, from_dict, load_yaml, parse_value
 from turngym.trainers.config import (
     TrainConfig,
     load_preset,
@@ -13,8 +15,6 @@ from turngym.trainers.config import (
     presets_dir,
     resolve_train_config,
 )
-
-from turngym.config import ConfigError, field_docs, field_types, from_dict, load_yaml, parse_value
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,9 @@ def test_defaults_are_the_embedded_default():
         (["overlong_buffer=800"], ["overlong_buffer=800", "max_traj_tokens=768"]),
         (["steps=-1"], ["steps=-1"]),
         (["rollout_workers=4"], ["rollout_backend=ray"]),
+        (["max_staleness=-1"], ["max_staleness=-1", "max_staleness=0"]),
+        (["max_staleness=1", "dynamic_sampling=true"], ["max_staleness=1", "dynamic_sampling=false"]),
+        (["max_staleness=2", "algo=multi"], ["max_staleness=2", "algo='multi'", "max_staleness=0"]),
     ],
 )
 def test_cross_field_checks_state_values_and_fix(overrides, needles):
@@ -69,6 +72,9 @@ def test_valid_combinations_pass():
     cfg = resolve_train_config(None, ["algo=ppo", "credit=gae", "group_size=1", "tasks_per_step=16",
                                       "minibatch_size=8", "grad_accum=4"], check_names=False)
     assert cfg.batch_size == 16 and cfg.minibatch_size % cfg.grad_accum == 0
+    cfg = resolve_train_config("async", ["algo=ppo", "credit=gae", "rollout_backend=ray", "rollout_workers=2"],
+                               check_names=False)
+    assert cfg.max_staleness == 1
 
 
 def test_validate_names_uses_registries():
@@ -134,9 +140,8 @@ def test_resume_reads_the_run_config(tmp_path):
 
 
 def test_generated_docs_are_up_to_date():
-    from turngym.trainers.runlog import render_metrics_doc
-
     from turngym.cli import render_config_doc
+    from turngym.trainers.runlog import render_metrics_doc
 
     for name, text in (("config.md", render_config_doc()), ("metrics.md", render_metrics_doc())):
         path = REPO / "docs" / name

@@ -60,7 +60,7 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
     say(f"SFT warm start: {cfg.sft_steps} steps on {cfg.sft_episodes} expert episodes of {cfg.env_id} -> {path}")
     t0, c0 = time.perf_counter(), time.process_time()
     s = common.setup(cfg)
-    metrics = common.warm_start(cfg, s, lambda step, loss: None)
+    metrics = common.warm_start(cfg, s, lambda m: None)
     ev: dict[str, float] = {}
     if eval_tasks > 0:
         ev, _ = common.evaluate(cfg.replace(eval_tasks=eval_tasks), s)

@@ -2,10 +2,11 @@
 
 Two arms, interleaved in one process (same model weights, one torch thread each, medians over ``--repeats``):
 
-* **turngym**: one full GRPO training step exactly as `turngym.trainers.grpo.train` runs it: rollout through
-  the engine (envs, BM25 search tool, parsing, rendering, HF sampler), signal providers, `GroupBatch` packing,
-  credit (``--credit``, default ``grpo``), the clipped-PG update (`turngym.trainers.update.update`), metrics
-  and the run log (metrics JSONL, sampled trajectories, TensorBoard when installed).
+* **turngym**: one full GRPO training step exactly as `turngym.trainers.grpo.train` runs it (`grpo.train_step`,
+  then the run log): rollout through the engine (envs, BM25 search tool, parsing, rendering, HF sampler),
+  signal providers, `GroupBatch` packing, credit (``--credit``, default ``grpo``), the clipped-PG update
+  (`turngym.trainers.update.update`), metrics and the run log (metrics JSONL, sampled trajectories, TensorBoard
+  when installed).
 * **floor**: the model compute alone for the *same tokens*, read off that step's trajectories: for every
   rollout round, a batched generate()-style pass over the same contexts (one left-padded prefill with a
   plain transformers `DynamicCache`, then one decode forward per sampled token, softmax sampling and the
@@ -99,11 +100,18 @@ class StepResult:
     times: dict[str, float] = field(default_factory=dict)
 
 
-class GRPOStepper:
-    """The body of `turngym.trainers.grpo.train`'s step loop, one call per step (same functions, same order).
+#: ``StepResult.times`` key <- the ``perf/*`` metric of `grpo.train_step` it is read from
+STEP_TIMES = {"rollout": "rollout_s", "rollout_cpu": "rollout_cpu_s", "rollout.generate_s": "rollout_generate_s",
+              "rollout.env_s": "rollout_env_s", "rollout.render_s": "rollout_render_s",
+              "rollout.setup_s": "rollout_setup_s", "signals": "signals_s", "pack": "pack_s",
+              "old_logprobs": "logprobs_s", "credit": "credit_s", "update": "update_s", "update_cpu": "update_cpu_s"}
 
-    Kept in sync by hand with ``grpo.train`` (no KL reference model, no dynamic sampling, no mid-run evaluation or
-    checkpoint); the run log, providers, NaN guard and optimizer are built as there.
+
+class GRPOStepper:
+    """`turngym.trainers.grpo.train`'s step loop, one call per step: `grpo.train_step` then the run log.
+
+    Built as in ``grpo.train`` (optimizer, NaN guard, providers, run log); no KL reference model, no async producer,
+    no mid-run evaluation or checkpoint. The timing breakdown comes from the step's ``perf/*`` metrics.
     """
 
     def __init__(self, cfg, setup, run_dir: str):
@@ -122,63 +130,15 @@ class GRPOStepper:
         self.step_index = 0
 
     def step(self) -> StepResult:
-        from turngym.credit import GroupBatch, assign_credit
-        from turngym.credit.signals import run_providers
-        from turngym.trainers import common, grpo
-        from turngym.trainers.forward import batch_logprobs
-        from turngym.trainers.update import update
-        from turngym.viewer import annotate
+        from turngym.trainers import grpo
 
-        cfg, s, step = self.cfg, self.s, self.step_index
-        times: dict[str, float] = {}
+        step = self.step_index
         t_step, c_step = time.perf_counter(), time.process_time()
-        t0, c0 = time.perf_counter(), time.process_time()
-        trajs, stats = common.rollout(cfg, s, common.task_seeds(cfg, step), cfg.group_size,
-                                      sample_seed=grpo.step_seed(cfg, step, 0))
-        times["rollout"] = time.perf_counter() - t0
-        times["rollout_cpu"] = time.process_time() - c0
-        times |= {f"rollout.{k}": float(getattr(stats, k)) for k in ("generate_s", "env_s", "render_s", "setup_s")}
-        metrics = common.rollout_metrics(trajs)
-
+        trajs, _, metrics = grpo.train_step(self.cfg, self.s, self.optimizer, step, self.providers, self.guard)
         t0 = time.perf_counter()
-        run_providers(trajs, self.providers)
-        times["signals"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-        metrics |= common.overlong_shaping(cfg, batch)
-        times["pack"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if batch.old_logprobs is None:
-            batch.old_logprobs = batch_logprobs(s.model, batch)
-        batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
-        times["old_logprobs"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
-        annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
-        metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
-        metrics["rollout/zero_var_groups"] = grpo.zero_var_groups(batch)
-        times["credit"] = time.perf_counter() - t0  # credit + viewer annotations
-
-        t0, c0 = time.perf_counter(), time.process_time()
-        if self.guard.check(step + 1, advantages=out.advantages):
-            train_m = update(cfg, s.model, self.optimizer, batch, out)
-            if self.guard.check(step + 1, loss=train_m["train/loss"]):
-                self.guard.step_ok()
-            metrics |= train_m
-        times["update"] = time.perf_counter() - t0
-        times["update_cpu"] = time.process_time() - c0
-
-        t0 = time.perf_counter()
-        metrics |= self.guard.metrics(step + 1) | {
-            "train/lr": self.optimizer.param_groups[0]["lr"], "perf/rollout_s": times["rollout"],
-            "perf/update_s": times["update"], "perf/sync_s": 0.0, "perf/step_s": time.perf_counter() - t_step,
-            "perf/tokens_per_s": float(batch.action_mask.sum()) / max(times["rollout"], 1e-9),
-            "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(times["update"], 1e-9),
-            "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
-        }
         self.run.log(step + 1, metrics)
         self.run.log_trajectories(step + 1, trajs)
+        times = {k: metrics[f"perf/{v}"] for k, v in STEP_TIMES.items()}
         times["log"] = time.perf_counter() - t0
         times["step"] = time.perf_counter() - t_step
         times["step_cpu"] = time.process_time() - c_step
@@ -394,8 +354,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"| turngym | - env reset + prompt render | {tg['rollout.setup_s']:.3f} | |",
         f"| turngym | signals | {tg['signals']:.3f} | |",
         f"| turngym | pack (GroupBatch) | {tg['pack']:.3f} | |",
-        f"| turngym | old log-probs | {tg['old_logprobs']:.3f} | |",
-        f"| turngym | credit | {tg['credit']:.3f} | |",
+        f"| turngym | old (and reference) log-probs | {tg['old_logprobs']:.3f} | |",
+        f"| turngym | credit + viewer annotations | {tg['credit']:.3f} | |",
         f"| turngym | update (fwd/bwd/opt) | {tg['update']:.2f} | {tg['update_cpu']:.2f} |",
         f"| turngym | metrics + run log | {tg['log']:.3f} | |",
         f"| floor | batched generate, same tokens | {fl['generate']:.2f} | {fl['generate_cpu']:.2f} |",

@@ -11,6 +11,9 @@ Layout of a run directory::
             config.yaml       the resolved config at save time
             manifest.json     written last: size and sha256 of every file above
         latest                text file naming the newest complete checkpoint (replaced atomically)
+    run_dir/reference/
+        model.pt              the KL reference's weights (``kl_coef > 0``), written once per run and never
+                              pruned, so a resumed run reads back the reference the run started with
 
 Protocol: every file is written and fsync'ed inside ``checkpoints/.tmp-step-...``, the manifest goes in
 last, the folder is renamed to ``step-...`` (``os.replace``, atomic on POSIX), then ``latest`` is
@@ -47,11 +50,14 @@ __all__ = [
     "capture_rng",
     "checkpoint_dirs",
     "load_latest",
+    "load_reference",
     "restore_rng",
     "save_checkpoint",
+    "save_reference",
 ]
 
 CKPT_SUBDIR = "checkpoints"
+REFERENCE_SUBDIR = "reference"
 LATEST = "latest"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _MANIFEST = "manifest.json"
@@ -473,3 +479,51 @@ def load_latest(
             if log is not None:
                 log(f"skipping {err}")
     return None
+
+
+# --------------------------------------------------------------------------- KL reference
+
+
+def save_reference(run_dir: str | os.PathLike[str], model: torch.nn.Module, *, trainable_only: bool = False) -> Path:
+    """Store ``model``'s weights as the run's KL reference, ``run_dir/reference/model.pt`` (atomic replace).
+
+    Outside ``checkpoints/``, so checkpoint pruning never removes it.
+
+    Args:
+        run_dir: The run directory.
+        model: The module whose ``state_dict`` is the reference.
+        trainable_only: Store only parameters with ``requires_grad`` (LoRA adapters: the frozen base weights are
+            rebuilt by the trainer's setup, as for checkpoints).
+
+    Returns:
+        The path of the written file.
+    """
+    root = Path(run_dir) / REFERENCE_SUBDIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / "model.pt"
+    tmp = root / f".model.pt.{os.getpid()}.tmp"
+    try:
+        _torch_save_synced(_model_state(model, trainable_only), tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+    return final
+
+
+def load_reference(
+    run_dir: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor] | None:
+    """The KL reference weights :func:`save_reference` stored in ``run_dir``, or None when there are none.
+
+    Raises:
+        CheckpointError: The file exists but does not load.
+    """
+    path = Path(run_dir) / REFERENCE_SUBDIR / "model.pt"
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"KL reference {path} is unusable: {type(err).__name__}: {err}") from err

@@ -10,9 +10,13 @@ Algorithm (one step):
 3. **Credit**: ``CREDIT[cfg.credit]`` maps the `GroupBatch` to token advantages, an optional per-token clip scale
    and the ratio level the method expects.
 4. **Update**: ``ppo_epochs`` passes of minibatch clipped-surrogate updates (`turngym.trainers.update`), optional
-   KL to a frozen reference copy, entropy bonus.
+   KL to a frozen reference (the policy after the warm start, stored once per run in ``run_dir/reference/``, so a
+   resumed run keeps the same reference), entropy bonus.
 5. **Log, evaluate, checkpoint**: metrics JSONL/TensorBoard, held-out evaluation every ``eval_every`` steps,
    atomic checkpoints every ``checkpoint_every`` steps; ``--resume`` continues from the last good one.
+
+`train_step` is steps 1-4 (one call per step, public for benchmarks and custom loops); `train` is the loop around
+it with the warm start, step 5 and the final evaluation.
 
 Before step 1 of a fresh run: an SFT warm start on the env's noisy scripted expert (``sft_steps``) and a
 held-out evaluation; after the last step: a final evaluation and a report (markdown + PNG).
@@ -42,7 +46,14 @@ from turngym.credit import CREDIT, GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
 from turngym.trainers import common
 from turngym.trainers.async_rollout import AsyncRollout
-from turngym.trainers.checkpoint import capture_rng, load_latest, save_checkpoint
+from turngym.trainers.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_latest,
+    load_reference,
+    save_checkpoint,
+    save_reference,
+)
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
 from turngym.trainers.nanguard import NanGuard
@@ -78,50 +89,18 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
         checkpoint(cfg, run, s.model, optimizer, 0, guard, before)
-    ref_model = frozen_copy(s.model) if cfg.kl_coef > 0 else None
+    ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)
     providers = common.signal_providers(cfg, s)
 
     # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
     producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
     try:
         for step in range(start, cfg.steps):
-            t_step = time.perf_counter()
-
-            # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
-            trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
-
-            # --- 4. credit
-            t0 = time.perf_counter()
-            batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
-            out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
-            metrics["perf/credit_s"] = time.perf_counter() - t0
-            annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
-            metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
-            metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
-
-            # --- 5. update (skipped when advantages are not finite)
-            t0 = time.perf_counter()
-            if guard.check(step + 1, advantages=out.advantages):
-                train_m = update(cfg, s.model, optimizer, batch, out)
-                if guard.check(step + 1, loss=train_m["train/loss"]):
-                    guard.step_ok()
-                metrics |= train_m
-            update_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
-                producer.push(s.model)
-            sync_s = time.perf_counter() - t0
+            # --- 1. rollout, 2. signals, 3. batch, 4. credit, 5. update: one train_step
+            trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
+                                           producer=producer)
 
             # --- 6. log, evaluate, checkpoint
-            n_sampled = float(batch.action_mask.sum())
-            metrics |= guard.metrics(step + 1) | {
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "perf/update_s": update_s, "perf/sync_s": sync_s,
-                "perf/step_s": time.perf_counter() - t_step,
-                "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
-                "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
-                "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
-            }
             run.log(step + 1, metrics)
             run.log_trajectories(step + 1, trajs)
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
@@ -153,15 +132,75 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     return summary
 
 
+def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+               guard: NanGuard, *, ref_model=None,
+               producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
+    """One GRPO step, 1-4 of the algorithm in the module docstring (rollout, signals, credit, update); the caller
+    logs, evaluates and checkpoints.
+
+    Args:
+        cfg: The run's config.
+        s: The trainer's `Setup`; ``s.model`` is updated in place.
+        optimizer: The optimizer over ``s.model``'s trainable parameters.
+        step: Steps completed before this one; picks the task seeds and the sampler seed.
+        providers: Signal providers (`common.signal_providers`).
+        guard: The run's `NanGuard`: non-finite advantages or loss skip the update and are counted there.
+        ref_model: The frozen KL reference (`kl_reference`); None when ``kl_coef == 0``.
+        producer: The async rollout producer (``max_staleness > 0``): the batch comes from it, and the updated
+            weights go back to it.
+
+    Returns:
+        ``(trajectories, batch, metrics)``: the step's trajectories (annotated for `turngym view`), its
+        `GroupBatch`, and the metrics line of step ``step + 1`` (``rollout/*``, ``credit/*``, ``train/*``,
+        ``nonfinite/*``, ``perf/*``, ...).
+    """
+    t_step = time.perf_counter()
+
+    # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
+    trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
+
+    # --- 4. credit
+    t0 = time.perf_counter()
+    batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
+    out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
+    annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
+    metrics["perf/credit_s"] = time.perf_counter() - t0
+    metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
+    metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
+
+    # --- 5. update (skipped when advantages are not finite)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if guard.check(step + 1, advantages=out.advantages):
+        train_m = update(cfg, s.model, optimizer, batch, out)
+        if guard.check(step + 1, loss=train_m["train/loss"]):
+            guard.step_ok()
+        metrics |= train_m
+    update_s, update_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    t0 = time.perf_counter()
+    if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
+        producer.push(s.model)
+    sync_s = time.perf_counter() - t0
+
+    n_sampled = float(batch.action_mask.sum())
+    step_s = time.perf_counter() - t_step
+    return trajs, batch, metrics | guard.metrics(step + 1) | {
+        "train/lr": optimizer.param_groups[0]["lr"],
+        "perf/update_s": update_s, "perf/update_cpu_s": update_cpu_s, "perf/sync_s": sync_s, "perf/step_s": step_s,
+        "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
+        "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
+        "perf/trajectories_per_s": len(trajs) / max(step_s, 1e-9),
+    }
+
+
 def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None,
                   producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
     """Steps 1-3 of both trainers: the step's trajectories (sampled now, or taken from the async ``producer``),
     their signals, and the `GroupBatch` with overlong shaping, behaviour log-probs (recomputed only when a
     synchronous sampler gave none) and reference log-probs."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if producer is None:
         trajs, extra = sample(cfg, s, step)
-        extra["perf/rollout_s"] = time.perf_counter() - t0
+        extra |= {"perf/rollout_s": time.perf_counter() - t0, "perf/rollout_cpu_s": time.process_time() - c0}
     else:  # sampled in the background, at most max_staleness versions old; async/* metrics
         trajs, extra = producer.get(step)
     metrics = common.rollout_metrics(trajs) | extra
@@ -170,8 +209,11 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
     run_providers(trajs, providers)  # current weights, before the update (the behaviour policy unless async)
     metrics["perf/signals_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
     metrics |= common.overlong_shaping(cfg, batch)
+    metrics["perf/pack_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if batch.old_logprobs is None:
         if producer is not None:  # the current weights are not the behaviour policy: the ratio would be wrong
             raise RuntimeError("async rollouts (max_staleness > 0) need the sampler's log-probs, but some turns "
@@ -179,6 +221,7 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
         batch.old_logprobs = batch_logprobs(s.model, batch)
     if ref_model is not None:
         batch.ref_logprobs = batch_logprobs(ref_model, batch)
+    metrics["perf/logprobs_s"] = time.perf_counter() - t0
     return trajs, batch, metrics
 
 
@@ -186,22 +229,31 @@ def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str
     """The step's trajectories; with DAPO dynamic sampling, groups whose outcomes are all equal are dropped and
     fresh tasks are sampled (at most ``dynamic_sampling_max_rounds`` rounds) until ``tasks_per_step`` groups."""
     seeds = common.task_seeds(cfg, step)
-    trajs, _ = common.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
+    trajs, stats = common.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
+    all_stats = [stats]
     if not cfg.dynamic_sampling:
-        return trajs, {}
+        return trajs, rollout_parts(all_stats)
     kept, dropped, rounds = keep_informative(trajs), 0, 1
     dropped += len(seeds) - len({t.group_id for t in kept})
     while len({t.group_id for t in kept}) < cfg.tasks_per_step and rounds < cfg.dynamic_sampling_max_rounds:
         more_seeds = [int(x) for x in np.random.default_rng([cfg.seed, step, rounds]).integers(
             0, cfg.eval_seed, size=cfg.tasks_per_step)]
-        more, _ = common.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
+        more, stats = common.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
+        all_stats.append(stats)
         fresh = keep_informative(more)
         dropped += len(more_seeds) - len({t.group_id for t in fresh})
         kept += fresh
         rounds += 1
     groups = list(dict.fromkeys(t.group_id for t in kept))[: cfg.tasks_per_step]
     kept = [t for t in kept if t.group_id in set(groups)] or trajs  # nothing informative: train on all
-    return kept, {"dapo/dropped_groups": float(dropped), "dapo/rounds": float(rounds)}
+    return kept, rollout_parts(all_stats) | {"dapo/dropped_groups": float(dropped), "dapo/rounds": float(rounds)}
+
+
+def rollout_parts(stats: list) -> dict[str, float]:
+    """Where the rollout engine's wall time went (``RolloutStats`` of each sampling round, summed):
+    ``perf/rollout_{generate,env,render,setup}_s``."""
+    return {f"perf/rollout_{part}_s": float(sum(getattr(st, f"{part}_s") for st in stats))
+            for part in ("generate", "env", "render", "setup")}
 
 
 def step_seed(cfg: TrainConfig, step: int, round_: int) -> int:
@@ -233,6 +285,33 @@ def frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
+    return ref
+
+
+def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
+    """The frozen KL reference, or None when ``kl_coef == 0``: the policy as the run entered RL (after the warm
+    start), stored once per run in ``run_dir/reference/`` and read back on resume, so a resumed run is regularised
+    towards the same weights as an uninterrupted one, never towards the weights it resumed from.
+
+    A fresh run (``resumed=False``) stores ``model``'s weights; a resumed run loads the stored ones into a frozen copy
+    of ``model``, or, when there are none (a run begun with ``kl_coef=0`` or by an older turngym), stores its resumed
+    weights for itself and later resumes and says so. With LoRA only the adapters are stored, as in checkpoints: the
+    copy keeps the frozen base weights.
+    """
+    if cfg.kl_coef <= 0:
+        return None
+    state = load_reference(run.run_dir) if resumed else None
+    if state is None:
+        if resumed:
+            run.message(f"no stored KL reference in {run.run_dir}: the resumed weights become the reference "
+                        "(stored now, for later resumes)")
+        save_reference(run.run_dir, model, trainable_only=cfg.lora)
+    ref = frozen_copy(model)
+    if state is not None:
+        _, unexpected = ref.load_state_dict(state, strict=not cfg.lora)
+        if unexpected:
+            raise CheckpointError(f"the stored KL reference in {run.run_dir} has tensors the model lacks: "
+                                  f"{sorted(unexpected)[:5]}; was it saved with another model or LoRA setting?")
     return ref
 
 

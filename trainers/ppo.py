@@ -30,7 +30,8 @@ Departures from PPO (Schulman et al., 2017) and its RLHF form (Ouyang et al. / v
   (verl) instead of the paper's 0.99 / 0.95.
 * Rewards are sparse: the outcome sits on the last policy token; there is no learned reward model.
 * KL to a frozen reference is optional (``kl_coef``), as a loss term or, with ``kl_in_reward``, as a per-token
-  reward penalty (InstructGPT style); off by default.
+  reward penalty (InstructGPT style); off by default. The reference is the policy after the warm start, stored
+  once per run in ``run_dir/reference/`` (`grpo.kl_reference`), so a resumed run keeps it.
 * Clip-higher (``eps_high``) and dual clip are available; the ``ppo`` / ``ppo-bad`` presets set
   ``eps_high = eps_low = 0.2``.
 * The value head shares the policy's trunk by default, with its own learning rate; its gradient reaches the trunk
@@ -55,7 +56,7 @@ from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import load_latest
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
-from turngym.trainers.grpo import checkpoint, frozen_copy, rollout_batch, zero_var_groups
+from turngym.trainers.grpo import checkpoint, kl_reference, rollout_batch, zero_var_groups
 from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
@@ -94,7 +95,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
         checkpoint(cfg, run, modules, optimizer, 0, guard, before)
-    ref_model = frozen_copy(s.model) if cfg.kl_coef > 0 else None
+    ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)  # the policy only, stored once per run
     providers = common.signal_providers(cfg, s)
     credit_cfg = credit_options(cfg)
 
@@ -116,7 +117,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
             # --- 5. update: clipped surrogate + value loss (skipped when advantages are not finite)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if guard.check(step + 1, advantages=out.advantages):
                 critic.train()
                 train_m = update(cfg, s.model, optimizer, batch, out, critic=critic)
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
                 if guard.check(step + 1, loss=train_m["train/loss"]):
                     guard.step_ok()
                 metrics |= train_m
-            update_s = time.perf_counter() - t0
+            update_s, update_cpu_s = time.perf_counter() - t0, time.process_time() - c0
             t0 = time.perf_counter()
             if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
                 producer.push(s.model)
@@ -135,7 +136,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             metrics |= guard.metrics(step + 1) | {
                 "train/lr": optimizer.param_groups[0]["lr"],
                 "train/critic_lr": optimizer.param_groups[1]["lr"],
-                "perf/update_s": update_s, "perf/sync_s": sync_s,
+                "perf/update_s": update_s, "perf/update_cpu_s": update_cpu_s, "perf/sync_s": sync_s,
                 "perf/step_s": time.perf_counter() - t_step,
                 "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
                 "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),

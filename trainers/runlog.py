@@ -115,9 +115,23 @@ METRICS: dict[str, str] = {
     "perf/step_s": "Wall seconds of the whole step.",
     "perf/rollout_s": "Wall seconds spent sampling this step's rollouts (generation, envs, tools); with async "
     "rollouts, the producer's time on this step's batch, overlapped with training.",
+    "perf/rollout_cpu_s": "CPU seconds of the trainer process (all threads) while sampling this step's rollouts "
+    "(synchronous sampling only).",
+    "perf/rollout_generate_s": "Wall seconds of this step's rollouts spent inside the sampler's generate calls "
+    "(synchronous sampling only).",
+    "perf/rollout_env_s": "Wall seconds of this step's rollouts spent in env steps and tool calls (synchronous "
+    "sampling only).",
+    "perf/rollout_render_s": "Wall seconds of this step's rollouts spent rendering observations into tokens "
+    "(synchronous sampling only).",
+    "perf/rollout_setup_s": "Wall seconds of this step's rollouts spent in env resets and prompt rendering "
+    "(synchronous sampling only).",
     "perf/signals_s": "Wall seconds spent in signal providers.",
-    "perf/credit_s": "Wall seconds spent in credit assignment.",
+    "perf/pack_s": "Wall seconds spent packing the trajectories into the `GroupBatch` (with overlong shaping).",
+    "perf/logprobs_s": "Wall seconds spent on the batch's behaviour log-probs (when the sampler gave none) and "
+    "reference log-probs (kl_coef > 0).",
+    "perf/credit_s": "Wall seconds spent in credit assignment (with the viewer's annotations in GRPO).",
     "perf/update_s": "Wall seconds spent in forward/backward passes and optimizer steps.",
+    "perf/update_cpu_s": "CPU seconds of the trainer process (all threads) during the update.",
     "perf/sync_s": "Wall seconds spent handing the new weights to the async rollout producer (a copy to CPU); 0 "
     "when sampling is synchronous.",
     "perf/tokens_per_s": "Sampled tokens per second of rollout time (throughput shown on the progress bar).",

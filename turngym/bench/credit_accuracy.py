@@ -105,10 +105,14 @@ class CreditAccuracyConfig:
     """Task seeds in the batch."""
     group_size: int = 8
     """Rollouts per task (G)."""
-    sft_steps: int = 300
+    env_kwargs: dict[str, Any] = field(default_factory=lambda: {"topk": 1})
+    """Env keyword arguments (the main job's: one document per search)."""
+    pretrain_steps: int = 400
+    """Language-model pretraining steps of the tiny policy before SFT (the main job's warm start)."""
+    sft_steps: int = 100
     """SFT warm-start steps of the tiny policy."""
-    sft_episodes: int = 512
-    """Expert episodes for SFT."""
+    sft_episodes: int = 1024
+    """Expert episodes for pretraining and SFT."""
     model_size: str = "1m"
     """Tiny model size."""
     max_new_tokens: int = 64
@@ -131,13 +135,14 @@ class CreditAccuracyConfig:
     def train_config(self):
         from turngym.trainers.config import TrainConfig
 
-        return TrainConfig(env_id=self.env_id, model_size=self.model_size, seed=self.seed, sft_steps=self.sft_steps,
+        return TrainConfig(env_id=self.env_id, env_kwargs=dict(self.env_kwargs), model_size=self.model_size,
+                           seed=self.seed, pretrain_steps=self.pretrain_steps, sft_steps=self.sft_steps,
                            sft_episodes=self.sft_episodes, max_new_tokens=self.max_new_tokens,
                            temperature=self.temperature, torch_threads=self.torch_threads, tensorboard=False,
                            progress=False, report=False, **self.extra)
 
 
-QUICK = {"tasks": 4, "group_size": 4, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40}
+QUICK = {"tasks": 4, "group_size": 4, "pretrain_steps": 0, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40}
 """Sizes of ``--quick`` (about a minute on an idle core)."""
 
 
@@ -457,8 +462,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"Batch: {b['trajectories']} trajectories ({b['tasks']} {c['env_id']} tasks x G={b['group_size']}), "
         f"{b['turns']} turns, {b['decisive_turns']} decisive; uniform share (policy tokens in decisive turns) "
         f"= {_f(b['decisive_token_share'])}; batch success {_f(b['success'], '.2f')}, answered "
-        f"{_f(b['answered'], '.2f')}. Tiny {c['model_size']} policy after {c['sft_steps']} SFT steps on "
-        f"{c['sft_episodes']} expert episodes (seed {c['seed']})."
+        f"{_f(b['answered'], '.2f')}. Tiny {c['model_size']} policy after {c.get('pretrain_steps', 0)} LM pretraining "
+        f"and {c['sft_steps']} SFT steps on {c['sft_episodes']} expert episodes (seed {c['seed']})."
     )
     return "\n".join([head, "", *lines, "", (f"Machine: {summary['machine']}. Date: {summary['date']}. "
                       f"Wall time {summary['seconds']:.0f} s."), ""])
@@ -514,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=d.env_id, help="env id with a progress model")
     p.add_argument("--tasks", type=int, help=f"task seeds (default {d.tasks})")
     p.add_argument("--group-size", type=int, help=f"rollouts per task (default {d.group_size})")
+    p.add_argument("--pretrain-steps", type=int, help=f"LM pretraining steps (default {d.pretrain_steps})")
     p.add_argument("--sft-steps", type=int, help=f"SFT steps (default {d.sft_steps})")
     p.add_argument("--sft-episodes", type=int, help=f"SFT expert episodes (default {d.sft_episodes})")
     p.add_argument("--sft-dir", help="SFT checkpoint directory to reuse / create (default OUT/sft)")
@@ -527,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> CreditAccuracyConfig:
     kw: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name, attr in (("tasks", "tasks"), ("group_size", "group_size"), ("sft_steps", "sft_steps"),
+    for name, attr in (("tasks", "tasks"), ("group_size", "group_size"), ("pretrain_steps", "pretrain_steps"),
+                       ("sft_steps", "sft_steps"),
                        ("sft_episodes", "sft_episodes"), ("max_new_tokens", "max_new_tokens")):
         if getattr(args, attr) is not None:
             kw[name] = getattr(args, attr)

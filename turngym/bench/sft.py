@@ -22,7 +22,8 @@ __all__ = ["SFT_KEY_FIELDS", "sft_checkpoint", "sft_key"]
 
 #: TrainConfig fields that determine the SFT checkpoint (a change in any of them retrains).
 SFT_KEY_FIELDS = (
-    "env_id", "env_kwargs", "model", "model_size", "seed", "sft_steps", "sft_lr", "sft_episodes", "sft_batch_size",
+    "env_id", "env_kwargs", "model", "model_size", "seed", "pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr",
+    "sft_episodes", "sft_batch_size",
     "expert_noise", "max_turns", "max_new_tokens", "max_traj_tokens", "eval_seed",
 )
 

@@ -54,12 +54,17 @@ PRESET_KEYS = ("algo", "credit", "sampler", "ratio_level", "eps_low", "eps_high"
 #: Extra per-method overrides of the study (see the module docstring).
 STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}
 
+#: Env keyword arguments of the study's runs (the main job's HopQA setting: one document per search).
+ENV_KWARGS: dict[str, dict[str, Any]] = {"search/HopQA-v0": {"topk": 1}}
+
 #: Grid sizes. ``quick`` is what the test suite runs (minutes); ``full`` is sized for ~1 hour on 2 idle cores.
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"envs": ("search/HopQA-v0",), "seeds": 1, "steps": 2, "tasks_per_step": 2, "group_size": 4,
-              "eval_every": 1, "eval_tasks": 8, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40},
+              "eval_every": 1, "eval_tasks": 8, "pretrain_steps": 0, "sft_steps": 30, "sft_episodes": 48,
+              "max_new_tokens": 40},
     "medium": {"envs": ("search/HopQA-v0",), "seeds": 2, "steps": 4, "tasks_per_step": 4, "group_size": 4,
-               "eval_every": 2, "eval_tasks": 16, "sft_steps": 120, "sft_episodes": 192, "max_new_tokens": 48},
+               "eval_every": 2, "eval_tasks": 16, "pretrain_steps": 100, "sft_steps": 120, "sft_episodes": 192,
+               "max_new_tokens": 48},
     "full": {"envs": ("search/HopQA-v0", "tool/Calc-v0"), "seeds": 3, "steps": 8, "tasks_per_step": 4,
              "group_size": 4, "eval_every": 2, "eval_tasks": 32, "sft_steps": 300, "sft_episodes": 512,
              "max_new_tokens": 48},
@@ -88,6 +93,8 @@ class StudyConfig:
     """Held-out evaluation every N steps (plus before and after)."""
     eval_tasks: int = 32
     """Held-out tasks per evaluation (greedy)."""
+    pretrain_steps: int = 400
+    """Language-model pretraining steps before SFT (once per env; the main job's warm start)."""
     sft_steps: int = 300
     """SFT warm-start steps (once per env)."""
     sft_episodes: int = 512
@@ -127,7 +134,8 @@ def base_config(cfg: StudyConfig, env_id: str):
 
     batch = cfg.tasks_per_step * cfg.group_size
     return TrainConfig(
-        env_id=env_id, model_size=cfg.model_size, seed=0, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
+        env_id=env_id, env_kwargs=dict(ENV_KWARGS.get(env_id, {})), model_size=cfg.model_size, seed=0,
+        pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
         max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
         minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
         kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
@@ -415,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-tasks", type=int)
+    p.add_argument("--pretrain-steps", type=int)
     p.add_argument("--sft-steps", type=int)
     p.add_argument("--sft-episodes", type=int)
     p.add_argument("--max-new-tokens", type=int)
@@ -428,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     kw: dict[str, Any] = dict(MODES["quick" if args.quick else args.mode])
-    for name in ("seeds", "steps", "tasks_per_step", "group_size", "eval_every", "eval_tasks", "sft_steps",
-                 "sft_episodes", "max_new_tokens", "lr", "threshold"):
+    for name in ("seeds", "steps", "tasks_per_step", "group_size", "eval_every", "eval_tasks", "pretrain_steps",
+                 "sft_steps", "sft_episodes", "max_new_tokens", "lr", "threshold"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.methods:

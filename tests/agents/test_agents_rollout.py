@@ -234,7 +234,9 @@ def test_smollm2_rollout_fidelity(smollm2):
     worst = 0.0
     for t in trajs:
         ids, mask = t.token_ids(), t.action_mask()
-        assert tok.decode(t.prompt_ids).startswith("<|im_start|>system\n") and "# Tools" in tok.decode(t.prompt_ids)
+        prompt = tok.decode(t.prompt_ids)
+        # HopQA teaches <search> tags in its instructions: no JSON schemas, no "<tool_call>" advice for SmolLM2
+        assert prompt.startswith("<|im_start|>system\n") and "<search>" in prompt and "# Tools" not in prompt
         scores = score_sequence(model, ids)
         sampled = [lp for turn in t.turns for lp in turn.logprobs]
         rescored = [s for s, m in zip(scores, mask) if m]

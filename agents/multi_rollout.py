@@ -7,7 +7,8 @@ reads"). Each env is stepped through the API ``make`` returns (``env_kwargs={"ap
 ``parallel_to_aec`` view, which the engine plays one agent at a time with the same result):
 
 * Each role has an `Actor`: a policy (`HFPolicy`, `ScriptedPolicy`, ...) and a `Renderer` for its tokenizer. The
-  renderer gets the agent's own tool schemas (``env.tool_schemas(agent)``). Several roles may share one policy
+  renderer gets the agent's own tool schemas (``env.tool_schemas(agent)``) unless the agent's parser teaches its
+  call syntax in the instructions (`prompt_agent_schemas`, the tags parser). Several roles may share one policy
   (one shared model with the env's role prompts) or have their own.
 * Each *round* takes, in every running episode, the agents to act: the one whose turn it is
   (``env.agent_selection``) in an AEC env, every live agent (``env.agents``) in a Parallel env. It groups those
@@ -94,6 +95,17 @@ class Actor:
 def _base(env: Any) -> Any:
     """The text env under PettingZoo's wrappers / converters (it holds ``expert_action``, ``task``, ...)."""
     return getattr(env, "unwrapped", env)
+
+
+def prompt_agent_schemas(env: Any, agent: str) -> list[dict] | None:
+    """The tool schemas ``agent``'s chat template should show: its ``tool_schemas(agent)`` unless its parser
+    teaches its own call syntax (``parser.schemas_in_prompt`` false, e.g. the tags parser), as
+    `turngym.agents.render.prompt_tool_schemas` does for a single-agent env; ``None`` when there are none."""
+    parser = (getattr(env, "parsers", None) or {}).get(agent)
+    if parser is not None and not getattr(parser, "schemas_in_prompt", True):
+        return None
+    schemas = env.tool_schemas(agent) if callable(getattr(env, "tool_schemas", None)) else []
+    return list(schemas) or None
 
 
 class _AgentView:
@@ -195,8 +207,8 @@ class MultiRolloutEngine:
         base = self.actors[agent].renderer
         key = (id(base), agent)
         if key not in self._renderers:
-            schemas = _base(env).tool_schemas(agent) if callable(getattr(_base(env), "tool_schemas", None)) else []
-            self._renderers[key] = base if base.tool_schemas is not None else base.for_tools(schemas or None)
+            self._renderers[key] = base if base.tool_schemas is not None else base.for_tools(
+                prompt_agent_schemas(_base(env), agent))
         return self._renderers[key]
 
     # ------------------------------------------------------------------ episodes
@@ -699,7 +711,8 @@ def attach_counterfactuals(env_id: str, trajs: Sequence[Trajectory], roles: Sequ
 
 def multi_env_texts(env_id: str, n_seeds: int = 64, expert_noise: float = 0.3,
                     env_kwargs: dict[str, Any] | None = None) -> list[str]:
-    """Texts for training a tiny tokenizer on a multi-agent env: every agent's messages, actions and tool schemas.
+    """Texts for training a tiny tokenizer on a multi-agent env: every agent's messages, actions and the tool schemas
+    its prompt shows (`prompt_agent_schemas`).
 
     Plays the scripted policies of every role on seeds ``0..n_seeds-1`` (`play_aec` / `play_parallel`).
     """
@@ -714,7 +727,7 @@ def multi_env_texts(env_id: str, n_seeds: int = 64, expert_noise: float = 0.3,
     texts: list[str] = []
     try:
         for a in env.possible_agents:
-            texts.extend(json.dumps(s) for s in base.tool_schemas(a))
+            texts.extend(json.dumps(s) for s in prompt_agent_schemas(base, a) or [])
         for seed in range(n_seeds):
             trajs = play(env, lambda agent, _obs: base.expert_action(agent, rng, expert_noise), seed=seed,
                          env_id=env_id)

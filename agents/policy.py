@@ -608,6 +608,7 @@ class VLLMPolicy:
             self.llm = LLM(model=model_path, **kw)
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_positions = getattr(config, "max_model_len", None)  # the rollout engine caps contexts by it
+        self.asleep = False  # `sleep` / `wake_up`
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, *, envs: Sequence[Any] | None = None
                  ) -> list[Sample]:
@@ -658,6 +659,26 @@ class VLLMPolicy:
         if rng is None:
             return [None] * n
         return [int(x) for x in rng.integers(0, 2**31 - 1, size=n)]
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's GPU memory until `wake_up` (needs ``enable_sleep_mode=True`` at construction; CUDA
+        or ROCm): level 1 offloads the weights to CPU RAM and drops the KV cache, level 2 drops both."""
+        self.llm.sleep(level=level)
+        self.asleep = True
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Re-allocate what `sleep` freed: ``tags`` ``["weights"]`` or ``["kv_cache"]`` wake one part (vLLM
+        versions without tags wake everything on the first call), None both."""
+        if not self.asleep:
+            return
+        try:
+            self.llm.wake_up(tags=list(tags) if tags is not None else None)
+        except TypeError:  # older vLLM: wake_up() without tags
+            self.llm.wake_up()
+            self.asleep = False
+            return
+        if tags is None or "kv_cache" in tags:
+            self.asleep = False
 
     def load_weights(self, named_tensors) -> None:
         """Copy ``(name, tensor)`` pairs (e.g. ``model.state_dict().items()``) into the running engine.

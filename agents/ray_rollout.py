@@ -182,12 +182,14 @@ class RayRolloutPool:
 
     @classmethod
     def from_config(cls, cfg: Any, setup: Any, **kwargs: Any) -> RayRolloutPool:
-        """A pool for a `TrainConfig` and the trainer's `Setup` (``rollout_workers`` actors, one CPU each)."""
+        """A pool for a `TrainConfig` and the trainer's `Setup`: ``rollout_workers`` actors reserving
+        ``rollout_worker_cpus`` Ray CPUs each (and that many torch threads, at least one)."""
+        cpus = float(kwargs.pop("num_cpus_per_worker", getattr(cfg, "rollout_worker_cpus", 1.0)))
         spec = RolloutSpec(env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), sampler=cfg.sampler,
                            max_turns=cfg.max_turns, max_traj_tokens=cfg.max_traj_tokens,
-                           torch_threads=int(kwargs.pop("num_cpus_per_worker", 1)))
+                           torch_threads=max(1, round(cpus)))
         return cls(spec, setup.model, setup.renderer, num_workers=int(cfg.rollout_workers),
-                   num_cpus_per_worker=spec.torch_threads, seed=int(cfg.seed), **kwargs)
+                   num_cpus_per_worker=cpus, seed=int(cfg.seed), **kwargs)
 
     @property
     def num_workers(self) -> int:

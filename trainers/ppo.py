@@ -57,11 +57,17 @@ from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import load_latest
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
-from turngym.trainers.grpo import checkpoint, kl_reference, rollout_batch, zero_var_groups
+from turngym.trainers.grpo import (
+    checkpoint,
+    kl_reference,
+    rollout_batch,
+    step_perf,
+    update_and_sync,
+    zero_var_groups,
+)
 from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
-from turngym.trainers.update import update
 
 
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
@@ -119,33 +125,11 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
             metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
             metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
-            # --- 5. update: clipped surrogate + value loss (skipped when advantages are not finite)
-            t0, c0 = time.perf_counter(), time.process_time()
-            if guard.check(step + 1, advantages=out.advantages):
-                critic.train()
-                train_m = update(cfg, s.model, optimizer, batch, out, critic=critic)
-                critic.eval()
-                if guard.check(step + 1, loss=train_m["train/loss"]):
-                    guard.step_ok()
-                metrics |= train_m
-            update_s, update_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-            t0 = time.perf_counter()
-            if producer is not None:  # new behaviour weights, every step (skipped or not: versions count steps)
-                producer.push(s.model)
-            common.sync_sampler(cfg, s)  # vLLM: the updated weights into the engine (a no-op for hf)
-            sync_s = time.perf_counter() - t0
+            # --- 5. update: clipped surrogate + value loss (skipped when advantages are not finite), weight sync
+            metrics |= update_and_sync(cfg, s, optimizer, batch, out, guard, step, producer, critic=critic)
 
             # --- 6. log, evaluate, checkpoint
-            n_sampled = float(batch.action_mask.sum())
-            metrics |= guard.metrics(step + 1) | {
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "train/critic_lr": optimizer.param_groups[1]["lr"],
-                "perf/update_s": update_s, "perf/update_cpu_s": update_cpu_s, "perf/sync_s": sync_s,
-                "perf/step_s": time.perf_counter() - t_step,
-                "perf/tokens_per_s": n_sampled / max(metrics["perf/rollout_s"], 1e-9),
-                "perf/train_tokens_per_s": float(batch.full_attention_mask().sum()) / max(update_s, 1e-9),
-                "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
-            }
+            metrics |= step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
             run.log(step + 1, metrics)
             run.log_trajectories(step + 1, trajs)
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:

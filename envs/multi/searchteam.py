@@ -3,10 +3,10 @@
 Built on the HopQA worlds of ``search/HopQA-v0`` (`turngym.envs.builtin.hopqa.HopQAEnv` draws the question and
 provides the search tool over the world's corpus). Both agents see the multi-hop question.
 
-1. ``searcher_0`` acts first and keeps the turn while it searches (``<search>founder of Zentrix</search>``; the
+1. ``searcher_0`` acts first and keeps the turn while it searches (``<search> founder of Zentrix </search>``; the
    documents come back to it). When it is ready it hands its notes to the answerer inside
    ``<answer>...</answer>`` (at most ``max_note_chars`` characters); that ends its part.
-2. ``answerer_0`` reads the question and the notes and answers with ``<answer>name</answer>``.
+2. ``answerer_0`` reads the question and the notes and answers with ``<answer> name </answer>``.
 
 Team reward: both agents' outcome (and episode return) is the exact match of the answerer's answer with the gold
 answer. An action with neither a call nor an answer, an over-long note, or a tool call by the answerer is an error
@@ -20,8 +20,8 @@ never reads the gold answer), so the team succeeds only when the searcher's note
 from __future__ import annotations
 
 import re
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +34,10 @@ SEARCHER, ANSWERER = "searcher_0", "answerer_0"
 
 SEARCHER_TAGS = (
     "You are the searcher of a two-agent team. Your teammate, the answerer, must answer the question below but "
-    "cannot search. Search an encyclopedia one fact at a time with <search>query</search>, for example "
-    "<search>founder of Zentrix</search>; the matching documents come back to you. When you have the facts, hand "
-    "short notes to the answerer inside <answer>...</answer> (at most {max_note_chars} characters). You cannot "
-    "search after that."
+    "cannot search. Search an encyclopedia one fact at a time with <search> query </search>, for example "
+    "<search> founder of Zentrix </search>; the matching documents come back to you. When you have the facts, "
+    "hand short notes to the answerer inside <answer> notes </answer> (at most {max_note_chars} characters). You "
+    "cannot search after that."
 )
 SEARCHER_HERMES = (
     "You are the searcher of a two-agent team. Your teammate, the answerer, must answer the question below but "
@@ -48,7 +48,7 @@ SEARCHER_HERMES = (
 ANSWERER_TEXT = (
     "You are the answerer of a two-agent team. Your teammate, the searcher, looks up facts and sends you notes; "
     "you have no tools. Read the question and the notes, then reply with the final answer inside "
-    "<answer>...</answer>, for example <answer>Varton</answer>."
+    "<answer> name </answer>, for example <answer> Varton </answer>."
 )
 _FACT_RE = re.compile(r"The (\w+) of (.+?) is (.+?)\.")
 

@@ -39,7 +39,7 @@ def test_run_two_steps_then_resume_to_four_matches_an_uninterrupted_run(tmp_path
     lines = train_lines(run)
     assert [d["step"] for d in lines] == [1, 2, 3, 4]  # nothing duplicated, nothing lost
     text = (run / "metrics.jsonl").read_text()
-    assert text.count('"kind": "sft"') == 1  # no second warm start
+    assert text.count('"sft/episodes"') == 1  # no second warm start (its summary line is written once)
     assert load_latest(run).step == 4
 
     # the same RNG states, pool and data order: the resumed steps reproduce an uninterrupted run
@@ -70,41 +70,23 @@ def test_resume_without_a_checkpoint_starts_over(tmp_path, tiny_overrides, train
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_without_duplicate_or_lost_lines(tmp_path, tiny_overrides, train_lines):
+def test_sigkill_then_resume_continues_without_duplicate_or_lost_lines(tmp_path, tiny_overrides, train_lines,
+                                                                     sigkill_training):
     """`turngym train multi-sealedbid` SIGKILLed at a random moment after a train step, then `--resume`d."""
     import os
     import random
-    import signal
     import subprocess
     import sys
-    import time
 
     from turngym.trainers.checkpoint import load_latest
 
     steps = 4
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = [sys.executable, "-m", "turngym.cli", "train", "multi-sealedbid",
-            *tiny_overrides(run, steps=steps, keep_checkpoints=2, lr=3e-4, cache_dir=tmp_path / "cache")]
     kill_after = random.Random().randint(1, steps - 2)
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"training exited (rc {proc.returncode}) before step {kill_after}:\n{proc.stdout.read()}")
-            if (run / "metrics.jsonl").exists() and any(d["step"] >= kill_after for d in train_lines(run)):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("training did not reach the kill step in time")
-        time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere inside the next step (or its checkpoint)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sigkill_training(["train", "multi-sealedbid", *tiny_overrides(run, steps=steps, keep_checkpoints=2, lr=3e-4,
+                                                                  cache_dir=tmp_path / "cache")],
+                     run, kill_after, train_lines, cwd=tmp_path, env=env)
     ckpt = load_latest(run)
     assert ckpt is not None and ckpt.step >= kill_after - 1
     r = subprocess.run([sys.executable, "-m", "turngym.cli", "train", "--resume", str(run)], cwd=tmp_path, env=env,

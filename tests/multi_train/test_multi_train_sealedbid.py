@@ -175,3 +175,18 @@ def test_tiny_self_play_training_on_sealedbid_changes_the_policy(tmp_path, tiny_
     learner = [k for k in w0 if k.startswith("learners.0.")]
     assert learner and any(not torch.equal(w0[k], w2[k]) for k in learner)
     assert (run / "final" / "learner").is_dir()
+
+
+@pytest.mark.parametrize("preset", ["multi-sealedbid", "multi-negotiate"])
+def test_gold_answer_credit_on_a_game_fails_before_any_work(tmp_path, preset):
+    from turngym.trainers.config import resolve_train_config
+    from turngym.trainers.multi import check_credit_fits_env, train
+
+    run = tmp_path / "run"
+    cfg = resolve_train_config(preset, ["credit=a2tgpo", f"run_dir={run}", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match="gold_answer") as err:
+        train(cfg)
+    assert "credit=grpo" in str(err.value)
+    assert not run.exists() and not (tmp_path / "cache").exists()
+    # the same credit on the cooperative env, whose tasks carry a gold answer, passes the check
+    check_credit_fits_env(resolve_train_config("multi-searchteam", ["credit=a2tgpo"]))

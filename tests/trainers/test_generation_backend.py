@@ -120,3 +120,63 @@ def test_vllm_backend_wiring_with_a_stand_in_engine(tmp_path, monkeypatch, algo,
     learner = seen["learner"].merge_and_unload() if lora else seen["learner"]
     for name, p in learner.state_dict().items():  # after the last push the engine holds the final weights
         torch.testing.assert_close(engine.model.state_dict()[name], p, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("change,match", [({"vllm_sleep_level": 3}, "must be 0"),
+                                          ({"vllm_sleep_level": 1, "generation_backend": "hf"}, "generation_backend=vllm"),
+                                          ({"vllm_sleep_level": 1}, "needs CUDA")])
+def test_vllm_sleep_level_rejects_bad_values(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_cfg(tmp_path, **change)
+
+
+class RecordingLLM:
+    """Records the sleep-mode calls a `VLLMPolicy` makes on its ``vllm.LLM`` (``collective_rpc`` is the push)."""
+
+    def __init__(self, tags: bool = True):
+        self.calls: list[tuple] = []
+        self.tags = tags
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        if not self.tags and tags is not None:
+            raise TypeError("wake_up() got an unexpected keyword argument 'tags'")
+        self.calls.append(("wake_up", tuple(tags) if tags else None))
+
+    def collective_rpc(self, method, args=()):
+        self.calls.append(("push", method))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+@pytest.mark.parametrize("tags", [True, False])
+def test_sleep_mode_sleeps_through_the_update_and_wakes_weights_before_the_push(tmp_path, monkeypatch, tags):
+    """The order `update_and_sync` gives a vLLM engine in sleep mode: sleep, update, wake the weights, push, wake
+    the KV cache (vLLM without wake-up tags: one full wake-up before the push)."""
+    from types import SimpleNamespace
+
+    from turngym.agents.policy import VLLMPolicy
+    from turngym.trainers import grpo
+    from turngym.trainers.nanguard import NanGuard
+
+    llm = RecordingLLM(tags=tags)
+    engine = VLLMPolicy.__new__(VLLMPolicy)  # the engine's own methods over a recording vllm.LLM
+    engine.llm, engine.asleep = llm, False
+    model = torch.nn.Linear(2, 2)
+    s = SimpleNamespace(policy=engine, model=model)
+    monkeypatch.setattr(grpo, "update", lambda *a, **k: llm.calls.append(("update",)) or {"train/loss": 0.5})
+    cfg = SimpleNamespace(generation_backend="vllm", vllm_sleep_level=2, lora=False)
+    out = SimpleNamespace(advantages=torch.zeros(2, 3))
+    metrics = grpo.update_and_sync(cfg, s, None, None, out, NanGuard(max_consecutive=3), 0)
+
+    wake = [("wake_up", ("weights",))] if tags else [("wake_up", None)]
+    after_push = [("wake_up", ("kv_cache",))] if tags else []
+    assert llm.calls == [("sleep", 2), ("update",), *wake, ("push", "turngym_load_weights_file"),
+                         ("reset_prefix_cache",), *after_push]
+    assert engine.asleep is False and metrics["train/loss"] == 0.5
+    llm.calls.clear()
+    engine.wake_up()  # awake already: nothing to do
+    assert llm.calls == []

@@ -11,10 +11,8 @@ import importlib.util
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,30 +58,12 @@ def _run(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-def test_sigkill_then_resume_continues_without_duplicate_or_lost_lines(tmp_path):
+def test_sigkill_then_resume_continues_without_duplicate_or_lost_lines(tmp_path, sigkill_training):
     from turngym.trainers.checkpoint import load_latest
 
     run = tmp_path / "run"
     kill_after = random.Random().randint(1, STEPS - 2)  # kill once this train step has been logged
-    proc = subprocess.Popen([sys.executable, "-m", "turngym.cli", "train", *TINY, f"run_dir={run}"], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 900
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"training exited (rc {proc.returncode}) before step {kill_after}:\n{proc.stdout.read()}")
-            if any(d["step"] >= kill_after for d in _train_lines(run)):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("training did not reach the kill step in time")
-        time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere inside the next step (or its checkpoint)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    sigkill_training(["train", *TINY, f"run_dir={run}"], run, kill_after, _train_lines, cwd=tmp_path, env=_env())
 
     ckpt = load_latest(run)
     assert ckpt is not None, "no checkpoint survived the kill"

@@ -11,6 +11,10 @@
 # learner_tokens_per_s, sync_s, fidelity_max_abs, probe_vs_new/old) and prints a summary. Exit status 1 when a
 # weight-sync check fails (vLLM log-probs not matching the updated learner within TOL).
 #
+# Then (TRAINER=1, the default) the same model through the trainers' own path: `turngym train smollm2-135m
+# generation_backend=vllm` for STEPS GRPO steps (LoRA, sleep mode when SLEEP=1), printing perf/tokens_per_s
+# (generation) and perf/train_tokens_per_s (learner) from its metrics; TRAINER=0 skips it.
+#
 # Knobs: GPU_MEM (vLLM's share of GPU memory, default 0.35: the learner and its optimizer need the rest),
 # SLEEP=1 (vLLM sleep mode: frees the engine's memory during each update; use it for models that do not fit
 # twice), DTYPE (bfloat16), TOL (log-prob tolerance: bf16 kernels differ from HF's, 0.05 default).
@@ -28,6 +32,7 @@ GPU_MEM=${GPU_MEM:-0.35}
 DTYPE=${DTYPE:-bfloat16}
 TOL=${TOL:-0.05}
 SLEEP=${SLEEP:-0}
+TRAINER=${TRAINER:-1}
 ENV_ID=${ENV_ID:-search/HopQA-v0}
 OUT=${OUT:-/tmp/turngym_gpu_smoke}
 mkdir -p "$OUT"
@@ -62,3 +67,21 @@ print(f"generation tokens/s {mean('gen_tokens_per_s'):,.0f}   learner tokens/s {
       f"weight sync {mean('sync_s'):.2f} s   fidelity max|dlogp| {max(x['fidelity_max_abs'] for x in r['steps']):.3g}")
 print("PASS" if r["pass"] else "FAIL")
 PYEOF
+
+if [ "$TRAINER" = "1" ]; then
+  RUN="$OUT/train_run"
+  rm -rf "$RUN"
+  HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} "$VENV/bin/turngym" train smollm2-135m "model=$MODEL" "env_id=$ENV_ID" \
+    "steps=$STEPS" "tasks_per_step=$TASKS" "group_size=$GROUP" minibatch_size=8 grad_accum=1 sft_steps=5 \
+    eval_tasks=16 device=cuda "dtype=$DTYPE" generation_backend=vllm "vllm_gpu_memory_utilization=$GPU_MEM" \
+    "vllm_sleep_level=$SLEEP" "cache_dir=$OUT/models" "run_dir=$RUN" progress=false
+  "$PY" - "$RUN/metrics.jsonl" <<'PYEOF'
+import json, sys
+train = [r for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "train"]
+rows = train[1:] or train  # step 1 includes the warm-up
+mean = lambda k: sum(r[k] for r in rows) / max(1, len(rows))
+print(f"turngym train (vLLM sampler): generation tokens/s {mean('perf/tokens_per_s'):,.0f}   learner tokens/s "
+      f"{mean('perf/train_tokens_per_s'):,.0f}   weight sync {mean('perf/sync_s'):.2f} s   "
+      f"approx_kl {max(r['train/approx_kl'] for r in rows):.2g} (steps 2..)")
+PYEOF
+fi

@@ -118,16 +118,19 @@ class RolloutWorker:
         self.version = int(version)
         return self.version
 
-    def collect(self, seeds: Sequence[int], group_size: int, params: SamplingParams
+    def collect(self, seeds: Sequence[int], group_size: int, params: SamplingParams, sampler: str | None = None
                 ) -> tuple[list[Trajectory], dict[str, float], int]:
-        """``collect_rollouts`` on this worker; returns (trajectories, stats, policy version used)."""
+        """``collect_rollouts`` on this worker with the spec's sampler (or ``sampler``, e.g. ``"group"`` for
+        held-out evaluation); returns (trajectories, stats, policy version used)."""
         from turngym.agents.rollout import collect_rollouts
 
         s = self.spec
+        own = sampler is None or sampler == s.sampler
         trajs, stats = collect_rollouts(
-            s.env_id, self.policy, self.renderer, list(seeds), group_size, sampler=s.sampler, params=params,
-            max_turns=s.max_turns, max_traj_tokens=s.max_traj_tokens, max_context_tokens=s.max_context_tokens,
-            env_kwargs=s.env_kwargs, sampler_kwargs=s.sampler_kwargs, return_stats=True,
+            s.env_id, self.policy, self.renderer, list(seeds), group_size, sampler=s.sampler if own else sampler,
+            params=params, max_turns=s.max_turns, max_traj_tokens=s.max_traj_tokens,
+            max_context_tokens=s.max_context_tokens, env_kwargs=s.env_kwargs,
+            sampler_kwargs=s.sampler_kwargs if own else {}, return_stats=True,
         )
         return trajs, stats.to_dict(), self.version
 
@@ -196,7 +199,8 @@ class RayRolloutPool:
         return len(self.workers)
 
     def collect(self, seeds: Sequence[int], group_size: int, params: SamplingParams | None = None, *,
-                return_stats: bool = False) -> list[Trajectory] | tuple[list[Trajectory], RolloutStats]:
+                return_stats: bool = False, sampler: str | None = None
+                ) -> list[Trajectory] | tuple[list[Trajectory], RolloutStats]:
         """Roll out ``group_size`` trajectories per seed on the workers; same order as ``collect_rollouts``.
 
         Args:
@@ -204,6 +208,7 @@ class RayRolloutPool:
             group_size: Trajectories per seed.
             params: Sampling settings (``params.seed``: see the module docstring).
             return_stats: Also return the summed `RolloutStats` (``wall_s`` is the driver's wall time).
+            sampler: A ``SAMPLERS`` name for this call instead of the spec's (``"group"``: full episodes).
         """
         ray = _ray()
         params = params or SamplingParams()
@@ -217,7 +222,7 @@ class RayRolloutPool:
             p = params
             if params.seed is not None and n > 1:
                 p = replace(params, seed=int((params.seed * 1_000_003 + 7919 * (i + 1)) % (2**31)))
-            futures.append(self.workers[i].collect.remote(chunk, group_size, p))
+            futures.append(self.workers[i].collect.remote(chunk, group_size, p, sampler))
         trajs: list[Trajectory] = []
         total = RolloutStats()
         for got, stats, version in ray.get(futures):
@@ -277,7 +282,7 @@ _POOLS: dict[int, RayRolloutPool] = {}
 
 
 def collect(cfg: Any, setup: Any, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
-            sample_seed: int | None = None) -> tuple[list[Trajectory], RolloutStats]:
+            sample_seed: int | None = None, sampler: str | None = None) -> tuple[list[Trajectory], RolloutStats]:
     """Drop-in for ``trainers.common.rollout`` when ``cfg.rollout_backend == "ray"``.
 
     Creates one `RayRolloutPool` per trainer `Setup` on first use (``cfg.rollout_workers`` actors), pushes the
@@ -292,7 +297,7 @@ def collect(cfg: Any, setup: Any, seeds: Sequence[int], group_size: int, *, temp
 
     params = SP(temperature=cfg.temperature if temperature is None else temperature,
                 top_p=cfg.top_p if temperature is None else 1.0, max_new_tokens=cfg.max_new_tokens, seed=sample_seed)
-    return pool.collect(seeds, group_size, params, return_stats=True)  # type: ignore[return-value]
+    return pool.collect(seeds, group_size, params, return_stats=True, sampler=sampler)  # type: ignore[return-value]
 
 
 def close_pools() -> None:

@@ -162,22 +162,24 @@ def sampling_params(cfg: TrainConfig, *, temperature: float | None = None):
 
 
 def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
-            policy: Any = None, sample_seed: int | None = None) -> tuple[list[Trajectory], Any]:
+            policy: Any = None, sample_seed: int | None = None, sampler: str | None = None
+            ) -> tuple[list[Trajectory], Any]:
     """Roll out ``group_size`` trajectories per seed with the current policy; returns (trajectories, stats).
 
-    ``sample_seed`` seeds the sampler for this call, so a resumed run draws the same tokens.
+    ``sample_seed`` seeds the sampler for this call, so a resumed run draws the same tokens. ``sampler`` replaces
+    ``cfg.sampler`` for this call (evaluation plays full episodes: ``"group"``).
     """
     if cfg.rollout_backend == "ray" and policy is None:  # Ray rollout workers, weights pushed when changed
         from turngym.agents.ray_rollout import collect
 
-        return collect(cfg, s, seeds, group_size, temperature=temperature, sample_seed=sample_seed)
+        return collect(cfg, s, seeds, group_size, temperature=temperature, sample_seed=sample_seed, sampler=sampler)
     from turngym.agents.rollout import collect_rollouts
 
     policy = policy or s.policy
     if sample_seed is not None and hasattr(policy, "reseed"):
         policy.reseed(sample_seed)
     return collect_rollouts(
-        cfg.env_id, policy, s.renderer, seeds, group_size, sampler=cfg.sampler,
+        cfg.env_id, policy, s.renderer, seeds, group_size, sampler=sampler or cfg.sampler,
         params=sampling_params(cfg, temperature=temperature), max_turns=cfg.max_turns,
         max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
     )
@@ -222,13 +224,15 @@ def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[st
 
 
 def evaluate(cfg: TrainConfig, s: Setup) -> tuple[dict[str, float], list[Trajectory]]:
-    """Held-out success on ``cfg.eval_tasks`` fixed seeds (``eval_seed + i``), one episode each."""
+    """Held-out success on ``cfg.eval_tasks`` fixed seeds (``eval_seed + i``), one full episode each (the "group"
+    sampler whatever ``cfg.sampler`` trains with: SLATE's truncated steps and tree rollouts are training-time
+    samplers, and would make the evaluation differ between methods)."""
     t0 = time.perf_counter()
     seeds = [cfg.eval_seed + i for i in range(cfg.eval_tasks)]
     was_training = s.model.training
     s.model.eval()
     # a fixed sampler seed: with eval_temperature > 0 every evaluation of a run draws from the same noise
-    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.eval_seed)
+    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.eval_seed, sampler="group")
     s.model.train(was_training)
     m = rollout_metrics(trajs, prefix="eval")
     m["eval/tasks"] = float(len(trajs))

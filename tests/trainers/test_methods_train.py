@@ -125,3 +125,20 @@ def test_method_trains_two_steps(method: str, tmp_path: Path, warm_model: str):
         assert head and any(not torch.equal(first.model_state[k], last.model_state[k]) for k in head)
         assert all(d.get("train/value_loss") is not None and math.isfinite(d["train/value_loss"])
                    for d in train_lines)
+
+
+def test_evaluation_plays_full_episodes_whatever_the_training_sampler(warm_model: str):
+    """SLATE trains on truncated steps and tree rollouts share prefixes; the held-out evaluation still plays one
+    full episode per task, so every method is measured the same way (greedy: the same tokens for every sampler)."""
+    from turngym.trainers import common
+
+    episodes = {}
+    for sampler in ("group", "truncated_step", "tree"):
+        cfg = resolve_train_config(None, [*TINY, f"model={warm_model}", f"sampler={sampler}", "eval_tasks=4",
+                                          "eval_temperature=0"])
+        s = common.setup(cfg)
+        m, trajs = common.evaluate(cfg, s)
+        assert m["eval/tasks"] == 4 and len({t.group_id for t in trajs}) == 4, sampler
+        assert all("slate" not in t.meta and "tree" not in t.meta for t in trajs), sampler
+        episodes[sampler] = [t.token_ids() for t in trajs]
+    assert episodes["truncated_step"] == episodes["group"] == episodes["tree"]

@@ -220,19 +220,27 @@ def test_sync_run_logs_no_async_metrics(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_async_training_matches_sync_within_noise(tmp_path):
-    """Same config and SFT start, 6 GRPO steps through `grpo.train`: sync (max_staleness=0) vs one-step-off-policy
+    """Same config and warm start, 6 GRPO steps through `grpo.train`: sync (max_staleness=0) vs one-step-off-policy
     (max_staleness=1); staleness as configured, weights move, held-out success equal within noise.
 
-    After this short warm start the tiny policy rarely succeeds, so outcome-only advantages are mostly 0; overlong
-    shaping over almost the whole budget (as in tests/trainers/test_methods_train.py) makes the reward depend on
-    the trajectory's length, so both runs get a real, non-constant signal."""
+    The warm start (LM pretraining + SFT on one-hop HopQA with one document per search, the main job's recipe at a
+    smaller size) is built once and saved; both runs load it, so they start from the same policy, one that already
+    succeeds on some held-out tasks when sampling (checked), and the comparison is between real success rates."""
+    from turngym.trainers import common
     from turngym.trainers.grpo import train
 
-    cfg = TrainConfig(env_id="search/HopQA-v0", model="tiny", model_size="1m", credit="grpo", tasks_per_step=4,
-                      group_size=4, minibatch_size=16, steps=6, lr=5e-4, sft_steps=120, sft_episodes=96,
-                      sft_batch_size=16, eval_tasks=48, max_new_tokens=40, max_traj_tokens=200, overlong_buffer=190,
-                      torch_threads=1, cache_dir=str(tmp_path / "models"), device="cpu", checkpoint_every=0,
-                      save_trajectories=0, report=False, tensorboard=False, progress=False)
+    cfg = TrainConfig(env_id="search/HopQA-v0", env_kwargs={"hops": 1, "topk": 1}, model="tiny", model_size="1m",
+                      credit="grpo", tasks_per_step=4, group_size=4, minibatch_size=16, steps=6, lr=2e-4,
+                      pretrain_steps=400, sft_steps=80, sft_episodes=256, sft_batch_size=16, eval_tasks=48,
+                      eval_temperature=1.0, max_new_tokens=40, max_traj_tokens=200, torch_threads=1,
+                      cache_dir=str(tmp_path / "models"), device="cpu", checkpoint_every=0, save_trajectories=0,
+                      report=False, tensorboard=False, progress=False)
+    s = common.setup(cfg)
+    common.warm_start(cfg, s, lambda _m: None)
+    warm = tmp_path / "warm"
+    s.model.save_pretrained(warm)
+    s.tokenizer.save_pretrained(warm)
+    cfg = cfg.replace(model=str(warm), pretrain_steps=0, sft_steps=0)
     results = {}
     for k in (0, 1):
         run = tmp_path / f"run{k}"
@@ -247,7 +255,7 @@ def test_async_training_matches_sync_within_noise(tmp_path):
         moved = max(float((v - first.model_state[n]).abs().max()) for n, v in last.model_state.items())
         results[k] = (summary["success_before"], summary["success_after"], stale, moved)
     (before0, sync_s, sync_st, sync_moved), (before1, async_s, async_st, async_moved) = results[0], results[1]
-    assert before0 == before1  # the same warm start
+    assert before0 == before1 >= 0.05  # the same warm start, one that succeeds on some held-out tasks
     assert set(sync_st) == {None}
     assert set(async_st) <= {0, 1} and 1 in async_st
     assert sync_moved > 1e-4 and async_moved > 1e-4

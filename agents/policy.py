@@ -12,7 +12,8 @@ Which log-prob is returned (`Sample.logprobs`): for each sampled token ``a_t``, 
 with no top-p/top-k truncation, computed in float32. This is exactly what a teacher-forced forward pass of the
 same model over the packed sequence gives (`score_sequence`), so the PPO/GRPO ratio starts at 1. When sampling
 with ``temperature != 1`` or ``top_p < 1`` the tokens come from the processed distribution but the returned
-log-probs are still the raw model's (the convention of verl/TRL, which recompute old log-probs the same way).
+log-probs are still the raw model's; the trainers then rescore the batch at the sampling temperature (the
+policy they train is ``softmax(logits / temperature)``, as in verl and TRL).
 """
 
 from __future__ import annotations

@@ -275,39 +275,10 @@ def warm_start(cfg: TrainConfig, s: Setup, log) -> dict[str, float]:
     return out | {"sft/loss": losses[-1] if losses else math.nan}
 
 
-def probe_scorer(model, pad_id: int, batch_size: int = 32):
-    """A `ContinuationScorer` over ``model``: per-token log-probs of each continuation given its context."""
-    from turngym.trainers.losses import token_logprobs
-
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def score(contexts, continuations):
-        out: list[list[float]] = []
-        for start in range(0, len(contexts), batch_size):
-            ctx = [list(c) for c in contexts[start:start + batch_size]]
-            cont = [list(c) for c in continuations[start:start + batch_size]]
-            rows = [c + d for c, d in zip(ctx, cont)]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):  # left padding
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-            lp = token_logprobs(logits[:, :-1].float(), ids[:, 1:])  # [b, width-1]
-            for i, d in enumerate(cont):
-                out.append(lp[i, width - 1 - len(d):].tolist() if d else [])
-        return out
-
-    return score
-
-
 def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
     """The providers a credit method needs, built over the current policy (π_θold at rollout time)."""
     from turngym.credit import signals as sig
+    from turngym.trainers.probe import probe_scorer
 
     name = cfg.credit
     if name in ("igpo", "a2tgpo"):

@@ -156,7 +156,8 @@ class TrainConfig:
 
     # --- sampling
     temperature: float = 1.0
-    """Sampling temperature for training rollouts (> 0)."""
+    """Sampling temperature for training rollouts (> 0); the trained policy is softmax(logits / temperature), so the
+    trainer's log-probs (old, new, reference, entropy) use the same temperature, as verl and TRL do."""
     top_p: float = 1.0
     """Nucleus sampling mass for training rollouts, in (0, 1]."""
     max_new_tokens: int = 64
@@ -204,7 +205,7 @@ class TrainConfig:
     eval_every: int = 0
     """Evaluate every N RL steps as well; 0 evaluates only before and after training."""
     eval_temperature: float = 0.0
-    """Sampling temperature for evaluation (the sampler is seeded with eval_seed); 0 is greedy, 1 measures the policy RL trains."""
+    """Sampling temperature for evaluation (the sampler is seeded with eval_seed); 0 is greedy; equal to temperature, it measures the policy RL trains."""
 
     # --- run directory and logging
     run_dir: str | None = None
@@ -450,6 +451,12 @@ def _check_async(c: TrainConfig) -> str:
         return (
             f"max_staleness={c.max_staleness} (async rollouts) with algo='multi': the multi-agent trainer samples "
             "synchronously. Fix: max_staleness=0, or algo=grpo / algo=ppo."
+        )
+    if c.max_staleness and c.temperature != 1.0:
+        return (
+            f"max_staleness={c.max_staleness} (async rollouts) with temperature={c.temperature}: the behaviour "
+            "log-probs come from the sampler, which records the raw model's (temperature 1), not the tempered "
+            "policy's. Fix: temperature=1.0, or max_staleness=0."
         )
     if c.max_staleness and c.dynamic_sampling:
         return (

@@ -351,7 +351,8 @@ def dp_update(cfg, model, optimizer, batch, out, info: DistInfo, *, chunk_size: 
                     else:
                         chunk = chunks[ci]
                         r, sl = chunk.rows, slice(0, chunk.length)
-                        logp, entropy, _ = chunk_logprobs(model, chunk, with_entropy=True)  # [b, l]
+                        logp, entropy, _ = chunk_logprobs(model, chunk, with_entropy=True,
+                                                          temperature=cfg.temperature)  # [b, l]
                         loss, m = policy_loss(
                             logp, batch.old_logprobs[r, sl], out.advantages[r, sl], batch.action_mask[r, sl],
                             batch.turn_id[r, sl], eps_low=cfg.eps_low, eps_high=cfg.eps_high,

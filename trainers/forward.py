@@ -49,10 +49,12 @@ def iter_chunks(batch: GroupBatch, rows: Tensor, chunk_size: int) -> Iterator[Ch
 
 
 def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidden: bool = False,
-                   entropy_grad: bool = True):
+                   entropy_grad: bool = True, temperature: float = 1.0):
     """Log-probs (and optionally entropies / last hidden states) of a chunk's response tokens.
 
     ``entropy_grad=False`` computes the entropy for logging only (no autograd graph over the vocabulary).
+    ``temperature`` scores the tempered policy ``softmax(logits / temperature)``, the distribution the rollouts
+    sampled from (as verl and TRL do); 1.0 is the raw model.
 
     Returns:
         ``logp`` ``[b, l]``, ``entropy`` ``[b, l]`` or None, ``hidden`` ``[b, l, H]`` or None.
@@ -67,6 +69,8 @@ def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidd
     )
     # the kept logits are positions p-1 .. p+l-1; the first l predict response tokens 0 .. l-1
     logits = out.logits[:, : chunk.length].float()  # [b, l, V]
+    if temperature != 1.0:
+        logits = logits / temperature
     targets = chunk.input_ids[:, chunk.p: chunk.p + chunk.length]  # [b, l]
     logp = token_logprobs(logits, targets)
     ent = None
@@ -78,12 +82,13 @@ def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidd
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch: GroupBatch, chunk_size: int = 16) -> Tensor:
-    """``[B, L]`` log-probs of every response token under ``model`` (no grad), 0 past each row's end."""
+def batch_logprobs(model, batch: GroupBatch, chunk_size: int = 16, temperature: float = 1.0) -> Tensor:
+    """``[B, L]`` log-probs of every response token under ``model`` at ``temperature`` (no grad), 0 past each
+    row's end."""
     device = batch.response_ids.device
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=device)
     rows = torch.arange(batch.batch_size, device=device)
     for chunk in iter_chunks(batch, rows, chunk_size):
-        logp, _, _ = chunk_logprobs(model, chunk)
+        logp, _, _ = chunk_logprobs(model, chunk, temperature=temperature)
         out[chunk.rows, : chunk.length] = logp
     return out

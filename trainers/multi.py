@@ -374,8 +374,8 @@ def learner_step(cfg: TrainConfig, ln: Learner, trajs: list[Trajectory]) -> dict
 
     run_providers(trajs, common.signal_providers(cfg, ln.setup))
     batch = GroupBatch.from_trajectories(trajs, pad_id=ln.setup.pad_id).to(ln.setup.device)
-    if batch.old_logprobs is None:
-        batch.old_logprobs = batch_logprobs(ln.model, batch)
+    if batch.old_logprobs is None or cfg.temperature != 1.0:  # sampler log-probs are the raw model's
+        batch.old_logprobs = batch_logprobs(ln.model, batch, temperature=cfg.temperature)
     overrides = {k: v for k, v in cfg.credit_overrides.items()}
     out = assign_credit(cfg.credit, batch, **overrides)
     m = {f"credit/{k}": v for k, v in out.diagnostics.items()}

@@ -60,7 +60,8 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                 r, sl = chunk.rows, slice(0, chunk.length)
                 want_hidden = getattr(critic, "uses_policy_hidden", False)  # value head on the policy's trunk
                 logp, entropy, hidden = chunk_logprobs(model, chunk, with_entropy=True, with_hidden=want_hidden,
-                                                       entropy_grad=cfg.entropy_coef != 0)  # [b, l]
+                                                       entropy_grad=cfg.entropy_coef != 0,
+                                                       temperature=cfg.temperature)  # [b, l]
                 loss, m = policy_loss(
                     logp, batch.old_logprobs[r, sl], out.advantages[r, sl], batch.action_mask[r, sl],
                     batch.turn_id[r, sl], eps_low=cfg.eps_low, eps_high=cfg.eps_high,

@@ -13,6 +13,7 @@ order), ``value_delta`` and a GiGPO ``anchor``. `HopQAEnv.turn_value` computes t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,20 @@ HERMES_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia with the search tool, one fact at a time "
     '(for example the query "founder of Zentrix"). When you know the answer, reply with <answer>name</answer>.'
 )
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_world(world_seed: int, corpus_size: int, distractors: int) -> World:
+    """The generated world of these parameters, built once per process and shared read-only by every env."""
+    return generate_world(world_seed, corpus_size=corpus_size, distractors=distractors)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_index(world_seed: int, corpus_size: int, distractors: int) -> Any:
+    """The in-memory BM25 index of that world's corpus, built once per process (searching it is read-only)."""
+    from turngym.tools.search.index import BM25Index
+
+    return BM25Index.build(_shared_world(world_seed, corpus_size, distractors).docs, cache=False)
 
 
 class HopQAEnv(Env):
@@ -74,18 +89,16 @@ class HopQAEnv(Env):
         self.topk = int(topk)
         if self.topk < 1:
             raise ConfigError(f"topk must be >= 1, got {topk}.")
-        self.world: World = generate_world(world_seed, corpus_size=corpus_size, distractors=distractors)
+        self.world: World = _shared_world(self.world_seed, int(corpus_size), int(distractors))
         if retriever is not None and retriever_url is not None:
             raise ConfigError("Pass either retriever= or retriever_url=, not both.")
-        self._owns_retriever = retriever is None
+        self._owns_retriever = retriever_url is not None  # a client this env opened; the BM25 index is shared
         if retriever_url is not None:
             from turngym.tools.search import RetrieverClient
 
             retriever = RetrieverClient(retriever_url)
         if retriever is None:
-            from turngym.tools.search.index import BM25Index
-
-            retriever = BM25Index.build(self.world.docs, cache=False)
+            retriever = _shared_index(self.world_seed, int(corpus_size), int(distractors))
         self.retriever = retriever
         from turngym.tools.toolset import ToolSet
 

@@ -42,7 +42,7 @@ def test_no_preset_is_the_embedded_default_over_the_dataclass_defaults():
     "overrides,needles",
     [
         (["group_size=1"], ["group_size=1", "algo='grpo'", "group_size=2"]),
-        (["minibatch_size=7"], ["8 * 8 = 64", "minibatch_size=7", "minibatch_size=4 or 8"]),
+        (["minibatch_size=7"], ["16 * 8 = 128", "minibatch_size=7", "minibatch_size=4 or 8"]),
         (["minibatch_size=16", "grad_accum=3"], ["grad_accum=3", "grad_accum=2 or 4"]),
         (["lr=-0.1"], ["lr=-0.1", "> 0"]),
         (["lr=0"], ["lr=0.0"]),

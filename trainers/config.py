@@ -34,6 +34,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 RolloutBackend = Literal["local", "ray"]
 Sampler = Literal["group", "truncated_step", "tree"]
 GenerationBackend = Literal["hf", "vllm"]
+LRDecay = Literal["constant", "linear", "cosine"]
 Critic = Literal["head", "separate"]
 
 #: Credit methods that need a critic's values, hence ``algo="ppo"``.
@@ -95,10 +96,18 @@ class TrainConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimizer steps."""
+    lr_decay: LRDecay = "constant"
+    """Learning rate after the warm-up: "constant", or "linear" / "cosine" decay to ``lr_min_ratio * lr`` over the
+    run's planned optimizer steps (steps x ppo_epochs x minibatches per step / grad_accum)."""
+    lr_min_ratio: float = 0.0
+    """Final learning rate of a decaying schedule, as a fraction of ``lr`` (0..1)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables it."""
     minibatch_size: int = 16
     """Trajectories per optimizer step; must divide tasks_per_step * group_size."""
+    update_chunk_rows: int | None = None
+    """Rows per forward/backward pass of the update, length-sorted within the minibatch so short trajectories are
+    not padded to long ones (the loss is the same for any value). None: 8 on CPU, the whole minibatch on GPU."""
     grad_accum: int = 1
     """Micro-batches per minibatch (gradient accumulation); must divide minibatch_size."""
     ppo_epochs: int = 1
@@ -120,7 +129,7 @@ class TrainConfig:
     kl_in_reward: bool = False
     """Apply the KL as a per-token reward penalty (PPO style) instead of a loss term."""
     entropy_coef: float = 0.0
-    """Weight of the entropy bonus."""
+    """Weight of the entropy bonus; negative values penalise entropy (entropy minimisation: sharpens the policy)."""
 
     # --- ppo critic
     gamma: float = 1.0
@@ -329,6 +338,8 @@ def _check_positive(c: TrainConfig) -> str:
         v = getattr(c, name)
         if v < 0:
             return f"{name}={v} must be >= 0. Fix: {name}=0 or more."
+    if c.update_chunk_rows is not None and c.update_chunk_rows < 1:
+        return f"update_chunk_rows={c.update_chunk_rows} must be >= 1 (or none: 8 on CPU, the minibatch on GPU)."
     if c.max_turns is not None and c.max_turns < 1:
         return f"max_turns={c.max_turns} must be >= 1 (or none for the env's default)."
     if c.torch_threads is not None and c.torch_threads < 1:
@@ -377,6 +388,8 @@ def _check_optim(c: TrainConfig) -> str:
         return f"weight_decay={c.weight_decay} must be >= 0."
     if c.max_grad_norm < 0:
         return f"max_grad_norm={c.max_grad_norm} must be >= 0 (0 disables clipping)."
+    if not 0 <= c.lr_min_ratio <= 1:
+        return f"lr_min_ratio={c.lr_min_ratio} must be in [0, 1]. Fix: e.g. lr_min_ratio=0.1 (decay to lr/10)."
     return ""
 
 
@@ -393,7 +406,7 @@ def _check_clip(c: TrainConfig) -> str:
 
 
 def _check_coefs(c: TrainConfig) -> str:
-    for name in ("kl_coef", "entropy_coef", "value_coef", "overlong_penalty"):
+    for name in ("kl_coef", "value_coef", "overlong_penalty"):
         v = getattr(c, name)
         if v < 0:
             return f"{name}={v} must be >= 0."

@@ -38,6 +38,7 @@ import torch
 
 from turngym.errors import ConfigError
 from turngym.registry import Registry
+from turngym.trainers.schedule import set_lr
 
 _CPU = torch.device("cpu")
 
@@ -389,6 +390,7 @@ def dp_update(cfg, model, optimizer, batch, out, info: DistInfo, *, chunk_size: 
                 gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
                 if torch.isfinite(gn):
+                    set_lr(cfg, optimizer)
                     optimizer.step()
                     steps += 1
                     grad_norms.append(float(gn))

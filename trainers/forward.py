@@ -48,6 +48,14 @@ def iter_chunks(batch: GroupBatch, rows: Tensor, chunk_size: int) -> Iterator[Ch
         yield Chunk(idx, ids, mask.long(), pos, p, length)
 
 
+def chunk_rows(setting: int | None, minibatch: int, device: torch.device) -> int:
+    """Rows per forward pass of an update: ``setting`` when given, else 8 on CPU (where padding costs as much as
+    real tokens: chunks of 8 instead of 32 halve the padded tokens of a HopQA batch) and ``minibatch`` on GPU."""
+    if setting is not None:
+        return setting
+    return min(8, minibatch) if torch.device(device).type == "cpu" else minibatch
+
+
 def chunk_logprobs(model, chunk: Chunk, *, with_entropy: bool = False, with_hidden: bool = False,
                    entropy_grad: bool = True, temperature: float = 1.0):
     """Log-probs (and optionally entropies / last hidden states) of a chunk's response tokens.

@@ -362,7 +362,7 @@ def policy_loss(
         kl_coef: KL loss coefficient (needs ``ref_logp`` when > 0).
         kl_type: ``KL_ESTIMATORS`` name (``k3`` = verl ``low_var_kl``).
         entropy: Optional per-token entropy ``[B, L]`` (``entropy_from_logits``) for an entropy bonus.
-        entropy_coef: Entropy bonus coefficient.
+        entropy_coef: Entropy bonus coefficient (negative: entropy minimisation).
         log_ratio_clamp: Token log-ratio clamp (verl: 20).
         segment_log_ratio_max: Upper clamp of the segment log-ratio (spec §3.3: 10).
 

@@ -1,9 +1,10 @@
 """One policy update over a `GroupBatch` with its `CreditOutput`: epochs x minibatches of clipped PG.
 
-Rows are split into minibatches of ``cfg.minibatch_size``; each minibatch is run in length-sorted chunks
-(`turngym.trainers.forward.iter_chunks`) whose losses are aggregated against the minibatch's own token and
-row counts, so chunking changes memory, never the loss. ``cfg.grad_accum`` minibatches make one optimizer
-step. A minibatch whose loss is not finite is skipped (no optimizer step) and reported.
+Rows are split into minibatches of ``cfg.minibatch_size``; each minibatch is run in length-sorted chunks of
+``cfg.update_chunk_rows`` rows (`turngym.trainers.forward.iter_chunks`; 8 on CPU) whose losses are aggregated
+against the minibatch's own token and row counts, so chunking changes memory and padding, never the loss.
+``cfg.grad_accum`` minibatches make one optimizer step. A minibatch whose loss is not finite is skipped (no
+optimizer step) and reported.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 
 from turngym.credit.base import CreditOutput, GroupBatch
 from turngym.trainers.config import TrainConfig
-from turngym.trainers.forward import chunk_logprobs, iter_chunks
+from turngym.trainers.forward import chunk_logprobs, chunk_rows, iter_chunks
 from turngym.trainers.losses import policy_loss, value_loss
+from turngym.trainers.schedule import set_lr
 
 
 def resolve_ratio_level(cfg: TrainConfig, out: CreditOutput) -> str:
@@ -34,11 +36,12 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
         batch: The step's batch with ``old_logprobs`` (and ``ref_logprobs`` / ``values`` when used).
         out: The credit method's output (advantages, clip scale, ratio level, returns).
         critic: For PPO: a callable ``critic(chunk) -> values [b, l]`` trained on ``out.returns``.
-        chunk_size: Rows per forward pass (default: the minibatch size).
+        chunk_size: Rows per forward pass (default: `chunk_rows` of ``cfg.update_chunk_rows``).
     """
     level = resolve_ratio_level(cfg, out)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     device = batch.response_ids.device
+    chunk_size = chunk_size or chunk_rows(cfg.update_chunk_rows, cfg.minibatch_size, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     sums: dict[str, float] = {}
     counts = 0
@@ -56,7 +59,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
             n_seqs = float((mask.sum(1) > 0).sum())
             if n_tokens == 0:
                 continue
-            for chunk in iter_chunks(batch, rows, chunk_size or cfg.minibatch_size):
+            for chunk in iter_chunks(batch, rows, chunk_size):
                 r, sl = chunk.rows, slice(0, chunk.length)
                 want_hidden = getattr(critic, "uses_policy_hidden", False)  # value head on the policy's trunk
                 logp, entropy, hidden = chunk_logprobs(model, chunk, with_entropy=True, with_hidden=want_hidden,
@@ -98,6 +101,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
             if (mb_index + 1) % cfg.grad_accum == 0 or mb_index + 1 == len(minibatches):
                 gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if torch.isfinite(gn):
+                    set_lr(cfg, optimizer)
                     optimizer.step()
                     steps += 1
                     grad_norms.append(float(gn))

@@ -46,6 +46,7 @@ def test_no_preset_is_the_embedded_default_over_the_dataclass_defaults():
         (["minibatch_size=16", "grad_accum=3"], ["grad_accum=3", "grad_accum=2 or 4"]),
         (["lr=-0.1"], ["lr=-0.1", "> 0"]),
         (["lr=0"], ["lr=0.0"]),
+        (["lr_decay=cosine", "lr_min_ratio=1.5"], ["lr_min_ratio=1.5", "[0, 1]"]),
         (["temperature=0"], ["temperature=0.0", "eval_temperature"]),
         (["max_new_tokens=900"], ["max_new_tokens=900", "max_traj_tokens=768"]),
         (["dual_clip_c=0.5"], ["dual_clip_c=0.5", "> 1"]),

@@ -356,6 +356,23 @@ def test_token_logprobs_matches_log_softmax_and_gradient():
         token_logprobs(logits, ids[:, :4])
 
 
+@pytest.mark.parametrize("coef", [0.1, -0.1])
+def test_entropy_term_sign_raises_or_lowers_the_entropy(coef):
+    """With zero advantages only the entropy term moves the logits: a positive coefficient spreads the
+    distribution (bonus), a negative one sharpens it (entropy minimisation)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    before = float(entropy_from_logits(logits.detach()).sum())
+    logp = torch.log_softmax(logits, -1)[..., 0]
+    loss, _ = policy_loss(logp, logp.detach(), torch.zeros(1, 3), mask,
+                          entropy=entropy_from_logits(logits), entropy_coef=coef)
+    loss.backward()
+    with torch.no_grad():
+        after = float(entropy_from_logits(logits - 0.5 * logits.grad).sum())
+    assert (after > before) if coef > 0 else (after < before)
+
+
 def test_entropy_from_logits_masked():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 7, requires_grad=True)

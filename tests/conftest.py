@@ -6,6 +6,7 @@ reproducible; locally it explores new examples each run.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -53,3 +54,47 @@ def sigkill_training():
                 proc.wait()
 
     return kill
+
+
+@pytest.fixture
+def nested_probes():
+    """``make(rng, vocab, n_traj, lengths)``: probe inputs shaped like a trajectory's turns: ``n_traj`` random token
+    sequences (lengths drawn from ``lengths = (lo, hi)``), each cut after three of its prefixes and probed with its
+    own random gold continuation of 2-5 tokens, plus a repeated context with another continuation. Returns
+    ``(contexts, continuations)``."""
+
+    def make(rng, vocab: int, n_traj: int, lengths: tuple[int, int]) -> tuple[list[list[int]], list[list[int]]]:
+        contexts, conts = [], []
+        for _ in range(n_traj):
+            seq = rng.integers(7, vocab, size=int(rng.integers(*lengths))).tolist()
+            gold = rng.integers(7, vocab, size=int(rng.integers(2, 6))).tolist()
+            for cut in sorted(rng.choice(range(5, len(seq) + 1), size=3, replace=False)):
+                contexts.append(seq[:cut])
+                conts.append(gold)
+        contexts.append(contexts[0])  # a repeated context with another continuation
+        conts.append([11, 12, 13])
+        return contexts, conts
+
+    return make
+
+
+@pytest.fixture
+def check_train_lines():
+    """``check(run_dir, steps, label="")``: the run logged one train line per step, each with a finite loss, no
+    skipped (non-finite) step, at least one optimizer step and finite advantages, and some advantage was not 0.
+    Returns the lines."""
+    from turngym.trainers.runlog import read_metrics
+
+    def check(run_dir: Path, steps: int, label: str = "") -> list[dict]:
+        lines = read_metrics(run_dir, kind="train")
+        assert [d["step"] for d in lines] == list(range(1, steps + 1))
+        for d in lines:
+            loss = d.get("train/loss")
+            assert loss is not None and math.isfinite(loss), f"{label}: step {d['step']} loss {loss}"
+            assert d.get("nonfinite/skipped", 0) == 0, f"{label}: step {d['step']} was skipped as non-finite"
+            assert d["train/optimizer_steps"] >= 1
+            assert math.isfinite(d["credit/adv_absmax"])
+        assert max(d["credit/adv_absmax"] for d in lines) > 0, f"{label}: every advantage was 0"
+        return lines
+
+    return check

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,24 +81,6 @@ def moved(init: dict[str, torch.Tensor], model) -> dict[str, bool]:
     return {n: not torch.equal(init[n], now[n].detach().cpu()) for n in init}
 
 
-def check_train_lines(run_dir: Path, steps: int, *, value_loss: bool = False) -> list[dict]:
-    from turngym.trainers.runlog import read_metrics
-
-    lines = read_metrics(run_dir, kind="train")
-    assert [d["step"] for d in lines] == list(range(1, steps + 1))
-    for d in lines:
-        loss = d.get("train/loss")
-        assert loss is not None and math.isfinite(loss), f"step {d['step']}: train/loss {loss}"
-        assert d.get("nonfinite/skipped", 0) == 0, f"step {d['step']} was skipped as non-finite"
-        assert d["train/optimizer_steps"] >= 1
-        assert math.isfinite(d["credit/adv_absmax"])
-        if value_loss:
-            v = d.get("train/value_loss")
-            assert v is not None and math.isfinite(v), f"step {d['step']}: train/value_loss {v}"
-    assert max(d["credit/adv_absmax"] for d in lines) > 0, "every advantage was 0: nothing to learn"
-    return lines
-
-
 def check_trained_model(box: dict) -> None:
     """The trained model is on the device in the auto dtype, all weights finite, and some of them moved."""
     model = box["setup"].model
@@ -116,7 +97,7 @@ def check_trained_model(box: dict) -> None:
 # --------------------------------------------------------------------------- a. GRPO
 
 
-def test_grpo_two_steps_bf16(tmp_path, model_cache, spy_setup):
+def test_grpo_two_steps_bf16(tmp_path, model_cache, spy_setup, check_train_lines):
     from turngym.trainers.config import resolve_train_config
     from turngym.trainers.grpo import train
 
@@ -126,14 +107,14 @@ def test_grpo_two_steps_bf16(tmp_path, model_cache, spy_setup):
     assert (cfg.device, cfg.dtype, cfg.sft_steps, cfg.pretrain_steps) == (DEVICE, "auto", 0, 0)
     summary = train(cfg)
     assert summary["steps"] == 2
-    check_train_lines(run_dir, 2)
+    check_train_lines(run_dir, 2, "grpo")
     check_trained_model(spy_setup)
 
 
 # --------------------------------------------------------------------------- b. PPO
 
 
-def test_ppo_two_steps_bf16(tmp_path, model_cache, spy_setup):
+def test_ppo_two_steps_bf16(tmp_path, model_cache, spy_setup, check_train_lines):
     from turngym.trainers.config import resolve_train_config
     from turngym.trainers.ppo import train
 
@@ -143,7 +124,8 @@ def test_ppo_two_steps_bf16(tmp_path, model_cache, spy_setup):
     assert (cfg.algo, cfg.credit, cfg.critic) == ("ppo", "gae", "head")
     summary = train(cfg)
     assert summary["steps"] == 2
-    check_train_lines(run_dir, 2, value_loss=True)
+    lines = check_train_lines(run_dir, 2, "ppo")
+    assert all(math.isfinite(d.get("train/value_loss", math.nan)) for d in lines)
     check_trained_model(spy_setup)
     head = spy_setup["critic"].value_head
     assert head.weight.device.type == DEVICE
@@ -166,7 +148,7 @@ def _direct(model, ctx, cont) -> list[float]:
     return token_logprobs(logits[n - 1: n - 1 + len(cont)], torch.tensor(cont, device=device)).tolist()
 
 
-def test_probe_scorer_cuda_fp32_matches_cpu():
+def test_probe_scorer_cuda_fp32_matches_cpu(nested_probes):
     from turngym.agents.tiny import build_tiny_policy
     from turngym.trainers.probe import probe_scorer
 
@@ -178,17 +160,7 @@ def test_probe_scorer_cuda_fp32_matches_cpu():
     gpu_model = copy.deepcopy(cpu_model).to(DEVICE)
     assert next(gpu_model.parameters()).dtype == torch.float32
 
-    rng = np.random.default_rng(0)
-    vocab = cpu_model.config.vocab_size
-    contexts, conts = [], []
-    for _ in range(6):  # six trajectories, each probed after a few of its prefixes (shared-prefix families)
-        seq = rng.integers(7, vocab, size=int(rng.integers(30, 80))).tolist()
-        gold = rng.integers(7, vocab, size=int(rng.integers(2, 6))).tolist()
-        for cut in sorted(rng.choice(np.arange(5, len(seq) + 1), size=3, replace=False)):
-            contexts.append(seq[:cut])
-            conts.append(gold)
-    contexts.append(contexts[0])  # a repeated context with another continuation
-    conts.append([11, 12, 13])
+    contexts, conts = nested_probes(np.random.default_rng(0), cpu_model.config.vocab_size, 6, (30, 80))
 
     pad = tok.pad_token_id
     on_gpu = probe_scorer(gpu_model, pad, batch_size=4)(contexts, conts)
@@ -206,7 +178,7 @@ def test_probe_scorer_cuda_fp32_matches_cpu():
 # --------------------------------------------------------------------------- d. LoRA
 
 
-def test_lora_grpo_step_moves_only_adapters(tmp_path, model_cache, spy_setup):
+def test_lora_grpo_step_moves_only_adapters(tmp_path, model_cache, spy_setup, check_train_lines):
     from turngym.trainers.config import resolve_train_config
     from turngym.trainers.grpo import train
 
@@ -217,7 +189,7 @@ def test_lora_grpo_step_moves_only_adapters(tmp_path, model_cache, spy_setup):
     assert cfg.lora
     summary = train(cfg)
     assert summary["steps"] == 1
-    check_train_lines(run_dir, 1)
+    check_train_lines(run_dir, 1, "lora")
 
     model = spy_setup["setup"].model
     params = dict(model.named_parameters())

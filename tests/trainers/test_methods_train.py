@@ -25,7 +25,6 @@ import torch
 from turngym.credit import CREDIT
 from turngym.trainers.checkpoint import checkpoint_dirs, load_checkpoint
 from turngym.trainers.config import VALUE_CREDITS, preset_names, resolve_train_config
-from turngym.trainers.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -95,22 +94,14 @@ def multi_agent_only(method: str) -> bool:
 
 
 @pytest.mark.parametrize("method", CREDIT.names())
-def test_method_trains_two_steps(method: str, tmp_path: Path, warm_model: str):
+def test_method_trains_two_steps(method: str, tmp_path: Path, warm_model: str, check_train_lines):
     if multi_agent_only(method):
         pytest.skip(f"{method} needs multi-agent counterfactual replays: tests/multi_train trains it")
     run_dir = tmp_path / "run"
     summary = run_method(method, run_dir, warm_model)
     assert summary["steps"] == 2 and summary["credit"] == method
 
-    train_lines = read_metrics(run_dir, kind="train")
-    assert [d["step"] for d in train_lines] == [1, 2]
-    for d in train_lines:
-        loss = d.get("train/loss")
-        assert loss is not None and math.isfinite(loss), f"{method}: step {d['step']} loss {loss}"
-        assert d.get("nonfinite/skipped", 0) == 0, f"{method}: step {d['step']} was skipped as non-finite"
-        assert d["train/optimizer_steps"] >= 1
-        assert math.isfinite(d["credit/adv_absmax"])
-    assert max(d["credit/adv_absmax"] for d in train_lines) > 0, f"{method}: every advantage was 0"
+    train_lines = check_train_lines(run_dir, 2, method)
 
     dirs = checkpoint_dirs(run_dir)
     first, last = load_checkpoint(dirs[0]), load_checkpoint(dirs[-1])

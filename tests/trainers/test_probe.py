@@ -32,19 +32,9 @@ def test_families_group_prefixes_and_keep_strangers_apart():
     assert sorted(i for m in fams.values() for i in m) == list(range(len(ctx)))
 
 
-def test_scores_equal_separate_forwards(model_and_pad):
+def test_scores_equal_separate_forwards(model_and_pad, nested_probes):
     model, pad = model_and_pad
-    rng = np.random.default_rng(0)
-    vocab = model.config.vocab_size
-    contexts, conts = [], []
-    for _ in range(5):  # five trajectories, each probed after a few of its prefixes
-        seq = rng.integers(7, vocab, size=int(rng.integers(30, 60))).tolist()
-        gold = rng.integers(7, vocab, size=int(rng.integers(2, 6))).tolist()
-        for cut in sorted(rng.choice(np.arange(5, len(seq) + 1), size=3, replace=False)):
-            contexts.append(seq[:cut])
-            conts.append(gold)
-    contexts.append(contexts[0])  # a repeated context with another continuation
-    conts.append([11, 12, 13])
+    contexts, conts = nested_probes(np.random.default_rng(0), model.config.vocab_size, 5, (30, 60))
     contexts.append([8, 9, 10])  # an empty continuation scores nothing
     conts.append([])
     got = probe_scorer(model, pad, batch_size=2)(contexts, conts)

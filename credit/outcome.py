@@ -18,6 +18,7 @@ __all__ = [
     "GRPOConfig",
     "RLOOConfig",
     "ReinforcePPConfig",
+    "ZeroConfig",
     "grpo_advantages",
     "reinforce_pp_advantages",
     "rloo_advantages",
@@ -193,6 +194,21 @@ def dr_grpo(batch: GroupBatch, cfg: DrGRPOConfig) -> CreditOutput:
     """Dr.GRPO: GRPO without the std division (pair with the ``seq-mean-token-sum-norm`` loss)."""
     adv, st = grpo_advantages(batch.outcome, batch.group_index, cfg)
     return _outcome_output(batch, adv, st)
+
+
+@dataclass(frozen=True)
+class ZeroConfig:
+    """The "sharpening only" control: no settings."""
+
+
+@register_credit("zero", ZeroConfig)
+def zero(batch: GroupBatch, cfg: ZeroConfig) -> CreditOutput:
+    """Control, not a method: every advantage is 0, so only the loss's other terms (entropy, KL) move the policy.
+
+    The credit study runs it beside GRPO to separate what the credited reward adds from what an entropy penalty
+    alone does (benchmarks/README.md, "Credit-method study").
+    """
+    return _outcome_output(batch, torch.zeros_like(batch.outcome, dtype=torch.float32))
 
 
 @register_credit("rloo", RLOOConfig)

@@ -14,6 +14,17 @@ to reach the success threshold (default: the SFT start's held-out success + 0.10
 "Env steps" counts ``env.step`` calls of the training rollouts (turns), so methods that spend their budget
 differently (SLATE samples k candidates at each step of one path) are compared on what they consumed.
 
+Two recipes. ``recipe="study"`` (modes quick/medium/full): the study's own small budget, greedy evaluation, and
+each method's algorithm keys from its preset. ``recipe="main"`` (mode ``powered``): the main job's recipe for every
+method (the default preset: warm start of 400 LM + 100 SFT steps on 1024 expert episodes, entropy penalty,
+cosine learning-rate decay, 16 tasks x G=8, 50 steps, evaluation sampled at T=1), where a method changes only
+``credit`` (plus ``algo``/critic keys for PPO methods and SLATE's sampler): the clip range is the same for all.
+The ``zero`` control (every advantage 0) shows what the recipe's entropy penalty does alone. After training, every
+run is evaluated once more on the same held-out tasks at T=1 and greedily, keeping each task's outcome, so the
+report gives hierarchical-bootstrap 95% CIs over seeds and tasks and paired differences against GRPO
+(`turngym.bench.study_stats`). A run whose ``result.json`` matches its config is not rerun: the grid is
+resumable and can be run in parts (``--methods``, ``--seeds-for``).
+
 Departures worth knowing: GiGPO runs with ``anchor_source="observation"`` (anchor = the text of the previous
 observation), because the trainers' rollouts do not record the env's pre-step anchor in ``Turn.info["anchor_obs"]``
 (with the default ``anchor_source="info"`` every step group would be a singleton and GiGPO would equal GRPO).
@@ -23,6 +34,7 @@ Usage::
     turngym bench study --quick                   # 1 env, 1 seed, 2 steps: minutes
     turngym bench study --mode medium --jobs 2
     turngym bench study --mode full --jobs 2      # 8 methods x 2 envs x 3 seeds (about an hour on 2 idle cores)
+    turngym bench study --mode powered --jobs 2   # the main job's recipe, 8 methods x 3-5 seeds (hours)
 """
 
 from __future__ import annotations
@@ -43,13 +55,19 @@ __all__ = ["MODES", "STUDY_METHODS", "StudyConfig", "main", "run", "run_config",
 #: The methods of the study, in table order.
 STUDY_METHODS = ("grpo", "a2tgpo", "matchtir", "siop", "slate", "gigpo", "ppo-bad", "tempo")
 
+#: The methods of the powered study (the issue's list; ``zero`` is the sharpening-only control).
+POWERED_METHODS = ("grpo", "zero", "a2tgpo", "igpo", "matchtir", "gigpo", "siop", "tempo")
+
 #: method -> the preset it takes its algorithm keys from.
 METHOD_PRESET = {"grpo": "grpo", "a2tgpo": "default", "matchtir": "matchtir", "siop": "siop", "slate": "slate",
-                 "gigpo": "gigpo", "ppo-bad": "ppo-bad", "tempo": "tempo", "ppo": "ppo", "igpo": "igpo"}
+                 "gigpo": "gigpo", "ppo-bad": "ppo-bad", "tempo": "tempo", "ppo": "ppo", "igpo": "igpo", "zero": "zero"}
 
 #: Preset keys that define an algorithm (everything else — sizes, KL, lr — is the study's, shared by all).
 PRESET_KEYS = ("algo", "credit", "sampler", "ratio_level", "eps_low", "eps_high", "dual_clip_c", "critic", "gamma",
                "gae_lambda", "value_coef", "value_clip")
+
+#: Keys a method keeps from its preset under the main job's recipe (no clip range, KL or sizes: the recipe's).
+MAIN_RECIPE_KEYS = ("algo", "credit", "sampler", "critic", "gamma", "gae_lambda", "value_coef", "value_clip")
 
 #: Extra per-method overrides of the study (see the module docstring).
 STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}
@@ -68,6 +86,11 @@ MODES: dict[str, dict[str, Any]] = {
     "full": {"envs": ("search/HopQA-v0", "tool/Calc-v0"), "seeds": 3, "steps": 8, "tasks_per_step": 4,
              "group_size": 4, "eval_every": 2, "eval_tasks": 32, "sft_steps": 300, "sft_episodes": 512,
              "max_new_tokens": 48},
+    # the main job's recipe (turngym/configs/default.yaml) for every method: sizes below are the preset's
+    "powered": {"envs": ("search/HopQA-v0",), "methods": POWERED_METHODS, "seeds": 3,
+                "seeds_for": {"grpo": 5, "a2tgpo": 5}, "recipe": "main", "steps": 50, "tasks_per_step": 16,
+                "group_size": 8, "eval_every": 5, "eval_tasks": 200, "pretrain_steps": 400, "sft_steps": 100,
+                "sft_episodes": 1024, "max_new_tokens": None, "final_eval": True},
 }
 
 
@@ -81,6 +104,12 @@ class StudyConfig:
     """Env ids."""
     seeds: int = 3
     """Seeds per (env, method): RL seeds 0..seeds-1 (task order, sampling); the SFT start is shared."""
+    seeds_for: dict[str, int] = field(default_factory=dict)
+    """Per-method seed counts that replace ``seeds`` (e.g. ``{"grpo": 5}``)."""
+    recipe: str = "study"
+    """"study": the study's budget, greedy eval, preset algorithm keys; "main": the main job's recipe (module doc)."""
+    final_eval: bool = False
+    """After training, evaluate at T=1 and greedily on the held-out tasks, keeping each task's outcome."""
     steps: int = 8
     """RL steps per run."""
     tasks_per_step: int = 4
@@ -99,8 +128,8 @@ class StudyConfig:
     """SFT warm-start steps (once per env)."""
     sft_episodes: int = 512
     """Expert episodes for SFT."""
-    max_new_tokens: int = 48
-    """Token budget per turn."""
+    max_new_tokens: int | None = 48
+    """Token budget per turn (none: the recipe's)."""
     model_size: str = "1m"
     """Tiny model size."""
     threshold: float | None = None
@@ -128,10 +157,27 @@ def slug(env_id: str) -> str:
     return env_id.replace("/", "_")
 
 
+def seeds_of(cfg: StudyConfig, method: str) -> int:
+    return int(cfg.seeds_for.get(method, cfg.seeds))
+
+
 def base_config(cfg: StudyConfig, env_id: str):
     """The TrainConfig shared by the SFT warm start and every run on ``env_id``."""
-    from turngym.trainers.config import TrainConfig
+    from turngym.config import from_dict
+    from turngym.trainers.config import TrainConfig, load_preset
 
+    if cfg.recipe == "main":
+        preset = {k: v for k, v in load_preset("default").items() if k not in ("env_id", "env_kwargs")}
+        sizes = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}
+        return from_dict(TrainConfig, preset, source="default").replace(
+            env_id=env_id, env_kwargs=dict(ENV_KWARGS.get(env_id, {})), model_size=cfg.model_size, seed=0,
+            pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
+            tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size, lr=cfg.lr, eval_every=cfg.eval_every,
+            eval_tasks=cfg.eval_tasks, kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False,
+            progress=False, report=False, checkpoint_every=10, keep_checkpoints=6, save_trajectories=1,
+            steps=cfg.steps, **sizes, **cfg.extra)
+    if cfg.recipe != "study":
+        raise ValueError(f"recipe must be 'study' or 'main', got {cfg.recipe!r}")
     batch = cfg.tasks_per_step * cfg.group_size
     return TrainConfig(
         env_id=env_id, env_kwargs=dict(ENV_KWARGS.get(env_id, {})), model_size=cfg.model_size, seed=0,
@@ -143,12 +189,13 @@ def base_config(cfg: StudyConfig, env_id: str):
     )
 
 
-def method_overrides(method: str) -> dict[str, Any]:
+def method_overrides(method: str, recipe: str = "study") -> dict[str, Any]:
     """Algorithm keys of ``method`` from its preset, plus the study's own overrides."""
     from turngym.trainers.config import load_preset
 
     preset = load_preset(METHOD_PRESET.get(method, method))
-    out = {k: v for k, v in preset.items() if k in PRESET_KEYS}
+    keys = MAIN_RECIPE_KEYS if recipe == "main" else PRESET_KEYS
+    out = {k: v for k, v in preset.items() if k in keys}
     out["credit"] = method
     out.update(STUDY_OVERRIDES.get(method, {}))
     return out
@@ -158,7 +205,7 @@ def run_config(cfg: StudyConfig, env_id: str, method: str, seed: int, sft_dir: s
     """The TrainConfig of one run: shared base + the method's algorithm keys, starting from ``sft_dir``."""
     run_dir = Path(cfg.out_dir) / "runs" / slug(env_id) / method / f"seed{seed}"
     return base_config(cfg, env_id).replace(model=str(sft_dir), sft_steps=0, seed=seed, run_dir=str(run_dir),
-                                            **method_overrides(method))
+                                            **method_overrides(method, cfg.recipe))
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -179,15 +226,54 @@ def _train(tcfg) -> dict[str, Any]:
     return getattr(importlib.import_module(module), attr)(tcfg)
 
 
+def run_key(tcfg) -> dict[str, Any]:
+    """What identifies a finished run: its whole TrainConfig (a change in any setting reruns it)."""
+    return json.loads(json.dumps(dataclasses.asdict(tcfg), sort_keys=True, default=str))
+
+
+def finished_result(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved ``result.json`` of a finished run whose config and final-eval setting match ``spec``, else None."""
+    path = Path(spec["config"].run_dir) / "result.json"
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = res.get("status") == "ok" and res.get("key") == run_key(spec["config"])
+    return res if ok and (not spec.get("final_eval") or res.get("final_eval")) else None
+
+
+def final_evaluation(tcfg) -> dict[str, list[int]]:
+    """Per-task held-out outcomes of the trained run at T=1 (the trainer's sampler seed) and greedy."""
+    from turngym.evaluate import load_trained
+    from turngym.trainers import common
+
+    s = common.setup(tcfg)
+    model, _ = load_trained(tcfg.run_dir)
+    s.model.load_state_dict(model.state_dict())
+    out = {}
+    for name, temp in (("t1", 1.0), ("greedy", 0.0)):
+        _, trajs = common.evaluate(tcfg.replace(eval_temperature=temp), s)
+        out[name] = [int(common.succeeded(t)) for t in trajs]
+    return out
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one (env, method, seed) run; never raises (a failure becomes ``status``). Picklable for workers."""
+    """Train one (env, method, seed) run; never raises (a failure becomes ``status``). Picklable for workers.
+
+    A finished run (its ``result.json`` matches the config) is returned as saved, without training again.
+    """
     import shutil
 
+    done = finished_result(spec)
+    if done is not None:
+        return done | {"reused": True}
     t0, c0 = time.perf_counter(), time.process_time()
     tcfg = spec["config"]
     res: dict[str, Any] = {k: spec[k] for k in ("env", "method", "seed")} | {"run_dir": tcfg.run_dir}
     try:
         _train(tcfg)
+        if spec.get("final_eval"):
+            res["final_eval"] = final_evaluation(tcfg)
         res["status"] = "ok"
     except Exception as err:  # noqa: BLE001 -- a failed run is a result of the study, not a crash of it
         res["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
@@ -198,6 +284,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         res |= summarize_run(tcfg.run_dir)
         if not spec.get("keep_checkpoints"):
             shutil.rmtree(Path(tcfg.run_dir) / "checkpoints", ignore_errors=True)
+        res["key"] = run_key(tcfg)
+        tmp = Path(tcfg.run_dir) / "result.json.tmp"
+        tmp.write_text(json.dumps(res, default=str), encoding="utf-8")
+        tmp.replace(Path(tcfg.run_dir) / "result.json")
     return res
 
 
@@ -255,12 +345,15 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     for env_id, (path, info) in zip(cfg.envs, sft_done):
         sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "cpu_s": info.get("cpu_s"),
                        "reused": info.get("reused"), "metrics": info.get("metrics", {})}
-        for method in cfg.methods:
-            for seed in range(cfg.seeds):
-                specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": cfg.keep_checkpoints,
-                              "config": run_config(cfg, env_id, method, seed, path)})
-    log(f"study: {len(specs)} runs ({len(cfg.envs)} envs x {len(cfg.methods)} methods x {cfg.seeds} seeds), "
-        f"{cfg.jobs} job(s)")
+        # seed-major order: every method's seed 0 first, so a grid stopped part-way compares all methods
+        for seed in range(max(seeds_of(cfg, m) for m in cfg.methods)):
+            for method in cfg.methods:
+                if seed < seeds_of(cfg, method):
+                    keep = cfg.keep_checkpoints or (cfg.recipe == "main" and seed == 0)  # mid/late-RL policies
+                    specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": keep,
+                                  "final_eval": cfg.final_eval, "config": run_config(cfg, env_id, method, seed, path)})
+    log(f"study: {len(specs)} runs ({len(cfg.envs)} envs x {len(cfg.methods)} methods x {cfg.seeds} seeds"
+        f"{', ' + str(cfg.seeds_for) if cfg.seeds_for else ''}), {cfg.jobs} job(s)")
     results = []
     if cfg.jobs <= 1:
         for i, spec in enumerate(specs):
@@ -280,6 +373,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     summary = {"config": dataclasses.asdict(cfg), "sft": sft, "runs": results, "machine": machine(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.perf_counter() - t_start}
     summary["table"] = aggregate(cfg, results)
+    summary["final"] = final_table(cfg, results)
     paths = {"table": out / "study.md", "json": out / "study.json"}
     for env_id in cfg.envs:
         paths[f"chart:{env_id}"] = out / f"study_{slug(env_id)}.png"
@@ -293,7 +387,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
 def _log_result(log, i: int, n: int, r: dict[str, Any]) -> None:
     final = r["curve"][-1][2] if r.get("curve") else math.nan
     log(f"[{i}/{n}] {r['env']} {r['method']} seed {r['seed']}: {r['status']} in {r['seconds']:.0f}s, "
-        f"final success {final:.3f}")
+        f"final success {final:.3f}{' (saved result, not rerun)' if r.get('reused') else ''}")
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
@@ -338,6 +432,58 @@ def aggregate(cfg: StudyConfig, results: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
+def final_table(cfg: StudyConfig, results: list[dict[str, Any]], reference: str = "grpo") -> list[dict[str, Any]]:
+    """Per (env, method): final success at T=1 and greedy with bootstrap CIs, paired differences against
+    ``reference``, and the steps its mean curve needs to reach the reference's final success
+    (`turngym.bench.study_stats`). Empty without final evaluations."""
+    from turngym.bench.study_stats import bootstrap_table, mean_curve, steps_to_reach
+
+    rows: list[dict[str, Any]] = []
+    for env_id in cfg.envs:
+        ok = [r for r in results if r["env"] == env_id and r["status"] == "ok" and r.get("final_eval")]
+        if not ok:
+            continue
+        stats = {mode: bootstrap_table({m: [r["final_eval"][mode] for r in ok if r["method"] == m]
+                                        for m in cfg.methods}, reference)
+                 for mode in ("t1", "greedy")}
+        curves = {m: mean_curve([r["curve"] for r in ok if r["method"] == m and r.get("curve")]) for m in cfg.methods}
+        ref_final = stats["t1"].get(reference, {}).get("mean", math.nan)
+        ref_steps = steps_to_reach(curves.get(reference, []), ref_final)
+        for m in cfg.methods:
+            if m not in stats["t1"]:
+                continue
+            st = steps_to_reach(curves[m], ref_final)
+            rows.append({"env": env_id, "method": m, "t1": stats["t1"][m], "greedy": stats["greedy"].get(m, {}),
+                         "steps_to_ref_final": st, "ref_steps": ref_steps,
+                         "steps_ratio": st / ref_steps if st is not None and ref_steps else None})
+    return rows
+
+
+def _ci(d: dict[str, Any], key: str = "mean", lo: str = "lo", hi: str = "hi", sign: bool = False) -> str:
+    if key not in d:
+        return "n/a"
+    fmt = "+.3f" if sign else ".3f"
+    return f"{d[key]:{fmt}} [{d[lo]:{fmt}}, {d[hi]:{fmt}}]"
+
+
+def final_markdown(rows: list[dict[str, Any]], env_id: str, reference: str = "grpo") -> list[str]:
+    rows = [r for r in rows if r["env"] == env_id]
+    if not rows:
+        return []
+    out = [f"Final held-out success (per-task outcomes of every run; mean [95% CI], hierarchical bootstrap over seeds "
+           f"and tasks; Δ = paired difference against {reference}):", "",
+           "| method | seeds | T=1 | Δ T=1 vs " + reference + " | greedy | Δ greedy | steps to " + reference
+           + "'s final T=1 (x " + reference + ") |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        t1, gr = r["t1"], r["greedy"]
+        st = "not reached" if r["steps_to_ref_final"] is None else (
+            f"{r['steps_to_ref_final']}" + (f" ({r['steps_ratio']:.2f}x)" if r["steps_ratio"] is not None else ""))
+        out.append(f"| {r['method']} | {t1['n']} | {_ci(t1)} | {_ci(t1, 'diff', 'diff_lo', 'diff_hi', True)} | "
+                   f"{_ci(gr)} | {_ci(gr, 'diff', 'diff_lo', 'diff_hi', True)} | {st} |")
+    return out + [""]
+
+
 def _f(x: Any, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
@@ -345,10 +491,13 @@ def _f(x: Any, fmt: str = ".3f") -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The study's markdown report (one table per env)."""
     c = summary["config"]
-    out = [(f"Study: {len(c['methods'])} methods x {c['seeds']} seed(s); {c['steps']} RL steps of "
-           f"{c['tasks_per_step']} tasks x G={c['group_size']}; eval on {c['eval_tasks']} held-out tasks every "
-           f"{c['eval_every']} steps (greedy); lr {c['lr']}; tiny {c['model_size']} policy, SFT {c['sft_steps']} steps "
-           f"on {c['sft_episodes']} expert episodes (shared start per env)."), ""]
+    recipe = ("the main job's recipe (default preset: entropy penalty, cosine lr; eval sampled at T=1)"
+              if c.get("recipe") == "main" else "eval greedy")
+    out = [(f"Study: {len(c['methods'])} methods x {c['seeds']} seed(s){' ' + str(c['seeds_for']) if c.get('seeds_for') else ''}; "
+           f"{c['steps']} RL steps of {c['tasks_per_step']} tasks x G={c['group_size']}; eval on {c['eval_tasks']} "
+           f"held-out tasks every {c['eval_every']} steps; {recipe}; lr {c['lr']}; tiny {c['model_size']} policy, "
+           f"LM pretraining {c['pretrain_steps']} + SFT {c['sft_steps']} steps on {c['sft_episodes']} expert episodes "
+           "(shared start per env)."), ""]
     for env_id in c["envs"]:
         rows = [r for r in summary["table"] if r["env"] == env_id]
         thr = rows[0]["threshold"] if rows else math.nan
@@ -364,6 +513,7 @@ def markdown(summary: dict[str, Any]) -> str:
                        f"{_f(r['steps_to_threshold'], '.0f') if r['reached'] else 'not reached'} | "
                        f"{r['reached']}/{r['ok']} | {_f(r['env_steps'], '.0f')} | {_f(r['seconds'], '.0f')} ({_f(r['cpu_s'], '.0f')}) | {note} |")
         out.append("")
+        out += final_markdown(summary.get("final", []), env_id)
     out.append(f"Machine: {summary['machine']}. Date: {summary['date']}. Wall time {summary['seconds']:.0f} s.")
     return "\n".join(out) + "\n"
 
@@ -397,7 +547,7 @@ def plot_env(summary: dict[str, Any], env_id: str, path: Path) -> None:
         ax.axhline(thr, color="black", ls=":", lw=1, label=f"threshold {thr:.2f}")
     c = summary["config"]
     ax.set_xlabel("training env steps (turns sampled)")
-    ax.set_ylabel("held-out success (greedy)")
+    ax.set_ylabel("held-out success (" + ("T=1" if c.get("recipe") == "main" else "greedy") + ")")
     ax.set_title(f"{env_id}: {c['seeds']} seed(s), {c['steps']} steps x {c['tasks_per_step']} tasks x "
                  f"G={c['group_size']}", fontsize=10)
     ax.set_ylim(-0.02, 1.02)
@@ -418,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help=f"comma-separated (default: {','.join(STUDY_METHODS)})")
     p.add_argument("--envs", default="", help="comma-separated env ids (default: the mode's)")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--seeds-for", default="", help="per-method seed counts, e.g. grpo=5,a2tgpo=5")
     p.add_argument("--steps", type=int)
     p.add_argument("--tasks-per-step", type=int)
     p.add_argument("--group-size", type=int)
@@ -441,6 +592,11 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                  "sft_steps", "sft_episodes", "max_new_tokens", "lr", "threshold"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.seeds_for:
+        try:
+            kw["seeds_for"] = {m.strip(): int(n) for m, n in (x.split("=") for x in args.seeds_for.split(",") if x)}
+        except ValueError:
+            raise SystemExit(f"--seeds-for {args.seeds_for!r}: expected method=N[,method=N...]") from None
     if args.methods:
         kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.envs:

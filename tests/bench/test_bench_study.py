@@ -129,3 +129,102 @@ def test_quick_study_all_methods(tmp_path, sft_dir):
     summary = _tiny_study(tmp_path, sft_dir, STUDY_METHODS)
     _check_outputs(tmp_path, summary, STUDY_METHODS)
     assert all(math.isfinite(r["final_mean"]) for r in summary["table"])
+
+
+# ------------------------------------------------------------------ the powered mode: recipe, resume, statistics
+
+
+def test_powered_mode_runs_every_method_with_the_main_jobs_recipe(tmp_path):
+    from turngym.bench.study import POWERED_METHODS
+    from turngym.trainers.config import load_preset
+
+    cfg = StudyConfig(out_dir=str(tmp_path), **MODES["powered"])
+    default = load_preset("default")
+    runs = {m: run_config(cfg, "search/HopQA-v0", m, 0, tmp_path / "sft") for m in POWERED_METHODS}
+    for m, r in runs.items():
+        assert r.credit == m and r.model == str(tmp_path / "sft") and r.sft_steps == 0
+        # only the credit differs: clip range, entropy penalty, lr schedule and sizes are the main job's
+        for key in ("entropy_coef", "lr_decay", "lr_min_ratio", "tasks_per_step", "minibatch_size",
+                    "eval_temperature"):
+            assert getattr(r, key) == default[key], (m, key)
+        assert (r.eps_low, r.eps_high, r.steps, r.group_size) == (runs["grpo"].eps_low, runs["grpo"].eps_high, 50, 8)
+    assert cfg.seeds_for == {"grpo": 5, "a2tgpo": 5} and cfg.final_eval
+
+
+def test_zero_control_gives_zero_advantages():
+    import torch
+
+    from turngym.credit import GroupBatch, assign_credit
+    from turngym.types import Trajectory, Turn
+
+    trajs = [Trajectory(prompt_ids=[1, 2], turns=[Turn(action_ids=[3, 4], logprobs=[-1.0, -1.0], obs_ids=[5])],
+                        outcome=float(i % 2), group_id="g") for i in range(4)]
+    out = assign_credit("zero", GroupBatch.from_trajectories(trajs))
+    assert torch.equal(out.advantages, torch.zeros_like(out.advantages))
+    assert out.advantages.shape[0] == 4
+
+
+def test_bootstrap_table_known_answers():
+    from turngym.bench.study_stats import bootstrap_table
+
+    t = 200
+    ref = [[1] * 60 + [0] * 140] * 3  # 0.30 on every seed
+    better = [[1] * 100 + [0] * 100] * 3  # 0.50, a superset of ref's successes on the same tasks
+    same = [[1] * 60 + [0] * 140] * 3
+    tab = bootstrap_table({"grpo": ref, "b": better, "s": same}, "grpo", n_boot=500)
+    assert tab["grpo"]["mean"] == pytest.approx(0.30) and tab["grpo"]["lo"] < 0.30 < tab["grpo"]["hi"]
+    assert tab["b"]["diff"] == pytest.approx(0.20) and 0.0 < tab["b"]["diff_lo"] < 0.20 < tab["b"]["diff_hi"]
+    assert tab["b"]["p_le_0"] == 0.0
+    # identical outcomes on identical tasks: the paired difference is exactly 0 in every replicate
+    assert tab["s"]["diff_lo"] == tab["s"]["diff_hi"] == 0.0 and tab["s"]["p_le_0"] == 1.0
+    # seed spread widens the interval
+    spread = bootstrap_table({"x": [[1] * 20 + [0] * 180, [1] * 100 + [0] * 100, [1] * 180 + [0] * 20]},
+                             n_boot=500)["x"]
+    flat = bootstrap_table({"x": [[1] * 100 + [0] * 100] * 3}, n_boot=500)["x"]
+    assert spread["hi"] - spread["lo"] > 2 * (flat["hi"] - flat["lo"])
+    with pytest.raises(ValueError, match="same tasks"):
+        bootstrap_table({"a": [[1] * t], "b": [[1] * (t - 1)]})
+
+
+def test_steps_to_reach_and_mean_curve():
+    from turngym.bench.study_stats import mean_curve, steps_to_reach
+
+    c = mean_curve([[[0, 0, 0.1], [5, 10, 0.2], [10, 20, 0.4]], [[0, 0, 0.1], [5, 9, 0.3], [10, 19, 0.2]]])
+    assert c == [(0, pytest.approx(0.1)), (5, pytest.approx(0.25)), (10, pytest.approx(0.3))]
+    assert steps_to_reach(c, 0.25) == 5 and steps_to_reach(c, 0.3) == 10 and steps_to_reach(c, 0.5) is None
+    assert steps_to_reach(c, 0.05) == 5  # step 0 never counts
+
+
+def test_final_table_pairs_methods_and_reports_speed():
+    from turngym.bench.study import final_markdown, final_table
+
+    cfg = StudyConfig(methods=("grpo", "a"), envs=("e",), seeds=2)
+    def res(m, seed, t1, curve):
+        return {"env": "e", "method": m, "seed": seed, "status": "ok", "curve": curve,
+                "final_eval": {"t1": t1, "greedy": t1}}
+    results = [res("grpo", s, [1, 0, 0, 0], [[0, 0, 0.0], [5, 1, 0.1], [10, 2, 0.25]]) for s in (0, 1)]
+    results += [res("a", s, [1, 1, 0, 0], [[0, 0, 0.0], [5, 1, 0.3], [10, 2, 0.5]]) for s in (0, 1)]
+    rows = {r["method"]: r for r in final_table(cfg, results)}
+    assert rows["grpo"]["t1"]["mean"] == 0.25 and rows["a"]["t1"]["diff"] == pytest.approx(0.25)
+    assert rows["grpo"]["steps_to_ref_final"] == 10 and rows["a"]["steps_to_ref_final"] == 5
+    assert rows["a"]["steps_ratio"] == pytest.approx(0.5)
+    md = "\n".join(final_markdown(list(rows.values()), "e"))
+    assert "| a | 2 | 0.500" in md and "5 (0.50x)" in md
+
+
+def test_finished_runs_are_not_rerun(tmp_path, tiny_setup):
+    from turngym.bench.study import run_one
+
+    sft_dir = tiny_setup[1].model  # the saved tiny SFT start
+    cfg = StudyConfig(methods=("grpo",), envs=("search/HopQA-v0",), seeds=1, steps=1, tasks_per_step=2, group_size=2,
+                      eval_every=1, eval_tasks=4, out_dir=str(tmp_path / "study"), sft_root=str(sft_dir),
+                      final_eval=True, **TINY_SFT)
+    spec = {"env": "search/HopQA-v0", "method": "grpo", "seed": 0, "final_eval": True,
+            "config": run_config(cfg, "search/HopQA-v0", "grpo", 0, sft_dir)}
+    first = run_one(spec)
+    assert first["status"] == "ok", first.get("traceback")
+    assert set(first["final_eval"]) == {"t1", "greedy"} and len(first["final_eval"]["greedy"]) == 4
+    again = run_one(spec)
+    assert again["reused"] and again["final_eval"] == first["final_eval"]
+    changed = dict(spec, config=spec["config"].replace(lr=1e-4))  # another setting: trained again
+    assert not run_one(changed).get("reused")

@@ -29,6 +29,7 @@ from typing import Any
 
 from turngym.agents.policy import SamplingParams
 from turngym.agents.rollout import RolloutStats
+from turngym.envs.registration import import_modules
 from turngym.errors import ConfigError, MissingExtraError
 from turngym.types import Trajectory
 
@@ -55,6 +56,8 @@ class RolloutSpec:
         sampler_kwargs: Extra sampler arguments.
         torch_threads: ``torch.set_num_threads`` inside each worker (match ``num_cpus_per_worker``).
         device: Torch device of the workers' model copies (``"cuda"`` with ``num_gpus_per_worker > 0``).
+        env_imports: Modules (dotted names or ``.py`` paths) each worker imports before making envs, so ids
+            that ``--import`` registered on the driver are known in the worker processes too.
     """
 
     env_id: str
@@ -66,6 +69,7 @@ class RolloutSpec:
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     torch_threads: int = 1
     device: str = "cpu"
+    env_imports: tuple[str, ...] = ()
 
 
 def policy_weights(model) -> tuple[Any, dict[str, Any]]:
@@ -98,6 +102,7 @@ class RolloutWorker:
 
         from turngym.agents.policy import HFPolicy
 
+        import_modules(spec.env_imports)  # the driver's --import registrations, in this process too
         torch.set_num_threads(max(1, int(spec.torch_threads)))
         self.spec = spec
         self.renderer = renderer
@@ -190,7 +195,7 @@ class RayRolloutPool:
         cpus = float(kwargs.pop("num_cpus_per_worker", getattr(cfg, "rollout_worker_cpus", 1.0)))
         spec = RolloutSpec(env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), sampler=cfg.sampler,
                            max_turns=cfg.max_turns, max_traj_tokens=cfg.max_traj_tokens,
-                           torch_threads=max(1, round(cpus)))
+                           torch_threads=max(1, round(cpus)), env_imports=tuple(cfg.env_imports))
         return cls(spec, setup.model, setup.renderer, num_workers=int(cfg.rollout_workers),
                    num_cpus_per_worker=cpus, seed=int(cfg.seed), **kwargs)
 

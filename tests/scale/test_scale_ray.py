@@ -111,6 +111,33 @@ def test_sync_weights_changes_worker_logprobs(tiny, pool):
     assert max(abs(a - b) for a, b in zip(pool.score(probe)[1], before[1])) < 1e-6
 
 
+def test_workers_import_the_drivers_env_modules(tiny, pool, tmp_path):
+    """An id registered by ``--import FILE`` on the driver is known in the worker processes (``env_imports``)."""
+    model, tok, renderer = tiny
+    mod = tmp_path / "my_envs.py"
+    mod.write_text('from turngym.envs import register\n'
+                   'register("mine/HopQA-v0", "turngym.envs.builtin.hopqa:HopQAEnv", max_turns=6)\n')
+    from turngym.envs.registration import import_modules
+
+    import_modules([str(mod)])  # the driver (this process) knows the id, as after `turngym train --import FILE`
+    spec = RolloutSpec("mine/HopQA-v0", max_turns=3, max_traj_tokens=96)
+    with pytest.raises(ray.exceptions.RayTaskError, match="mine/HopQA-v0"):  # without env_imports: unknown there
+        p = RayRolloutPool(spec, model, renderer, num_workers=1, num_cpus_per_worker=0.5)
+        try:
+            p.collect([0], 2, PARAMS)
+        finally:
+            p.close()
+    p = RayRolloutPool(RolloutSpec("mine/HopQA-v0", max_turns=3, max_traj_tokens=96, env_imports=(str(mod),)),
+                       model, renderer, num_workers=1, num_cpus_per_worker=0.5)
+    try:
+        trajs = p.collect([0, 1], 2, PARAMS)
+    finally:
+        p.close()
+    local = collect_rollouts("mine/HopQA-v0", HFPolicy(model, tok), renderer, [0, 1], 2, params=PARAMS,
+                             max_turns=3, max_traj_tokens=96)
+    _same(trajs, local)
+
+
 def test_in_process_worker_and_trainer_dispatch(tiny, pool):
     """The actor class runs in process too; `collect(cfg, setup, ...)` pushes weights only when they changed."""
     from types import SimpleNamespace

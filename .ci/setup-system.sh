@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages and services the sandbox tests need: bubblewrap, a Docker engine and the local
-# `turngym/sandbox:py` image; Chromium + chromedriver for the viewer's browser test. Idempotent,
+# `turngym/sandbox:py` image; Chromium + chromedriver for the viewer's browser test; gcc + make to build
+# jericho (textworld's Z-machine interpreter, an sdist) when `make test` installs the dev extra. Idempotent,
 # non-interactive, run as root (CI and `make test` call it).
 #
 #   sudo .ci/setup-system.sh            # install, start dockerd, build the image if missing
@@ -29,6 +30,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)              # the viewer's browser test
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)  # (Selenium drives it)
+command -v make >/dev/null 2>&1 || need+=(make)                      # textworld's jericho dependency is an sdist
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)              # that compiles its Z-machine interpreter
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing: ${need[*]}"
   apt-get update -q || log "apt-get update reported errors (an unreachable extra source?); trying the install anyway"

@@ -7,9 +7,19 @@ import turngym.envs as E
 from turngym.envs.checker import CHECKS, EnvCheckError, check_env
 
 
+#: Smaller settings for ids whose default makes the check slow (TextWorld compiles each game, ~3 s a game).
+KWARGS = {"text/": {"games": 3}}
+
+
 @pytest.mark.parametrize("env_id", E.list_envs())
 def test_check_env_registered(env_id):
-    env = E.make(env_id)
+    from turngym.errors import MissingExtraError
+
+    kwargs = next((kw for prefix, kw in KWARGS.items() if env_id.startswith(prefix)), {})
+    try:
+        env = E.make(env_id, **kwargs)
+    except MissingExtraError as err:  # an env of an extra that is not installed here (CI installs them all)
+        pytest.skip(str(err))
     try:
         report = check_env(env)
     finally:

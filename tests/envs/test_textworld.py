@@ -1,0 +1,286 @@
+"""``text/TextWorld-v0`` family: generation, playing, ground-truth values, bad input, turn budget.
+
+Games go to a temporary cache; the pools are kept small (3 short games, 2 long ones) so that the file generates
+about six games in all (about 2 s each).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import turngym.envs as E
+from turngym.envs.checker import check_env
+from turngym.errors import ConfigError, EnvError, MissingExtraError
+
+needs_textworld = pytest.mark.skipif(
+    importlib.util.find_spec("textworld") is None,
+    reason="textworld is not installed (pip install 'turngym[textworld]')",
+)
+SHORT, LONG = "text/TextWorld-v0", "text/TextWorld-Long-v0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """A fresh cache for this file (``$TURNGYM_CACHE``, so that envs `check_env` makes from the spec use it too)."""
+    root = tmp_path_factory.mktemp("turngym-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TURNGYM_CACHE", str(root))
+        yield root / "textworld"
+
+
+@pytest.fixture(scope="module")
+def short():
+    env = E.make(SHORT, games=3)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def long():
+    env = E.make(LONG, games=2)
+    yield env
+    env.close()
+
+
+def play_expert(env, game, noise=0.0, seed=0):
+    """Play one game with the expert; returns the reset info and the step infos."""
+    _, info0 = env.reset(options={"game": game})
+    rng = np.random.default_rng(seed)
+    infos = []
+    while True:
+        _, reward, term, trunc, info = env.step(env.expert_action(rng, noise))
+        infos.append((reward, term, trunc, info))
+        if term or trunc:
+            return info0, infos
+
+
+def test_importing_turngym_does_not_import_textworld():
+    code = (
+        "import sys, turngym, turngym.envs as E; ids = E.list_envs(); "
+        "assert 'text/TextWorld-v0' in ids and 'text/TextWorld-Long-v0' in ids, ids; "
+        "assert 'textworld' not in sys.modules and 'turngym.envs.builtin.textworld' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "textworld", None)  # `import textworld` now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'turngym\[textworld\]'"):
+        E.make(SHORT)
+
+
+@needs_textworld
+def test_check_env_passes(short):
+    report = check_env(short)
+    assert all(v == "ok" for v in report.values()), report
+
+
+@needs_textworld
+@pytest.mark.parametrize(("env_name", "games"), [("short", 3), ("long", 2)])
+def test_expert_wins_every_game_and_values_rise_on_decisive_turns(env_name, games, request):
+    env = request.getfixturevalue(env_name)
+    lengths = []
+    for game in range(games):
+        info0, steps = play_expert(env, game)
+        task = info0["task"]
+        walk = task["walkthrough"]
+        lengths.append(len(walk))
+        reward, term, trunc, last = steps[-1]
+        assert (reward, term, trunc, last["success"], last["outcome"]) == (1.0, True, False, True, 1.0)
+        assert len(steps) == len(walk) and task["decisive_turns"] == list(range(len(walk)))
+        assert task["gold_answer"] == "; ".join(walk)
+        assert [c["arguments"]["command"] for c in task["gold_calls"]] == walk[:-1]
+        assert info0["value"] == 0.0 and info0["remaining_steps"] == len(walk)
+        values = [info0["value"]] + [i["value"] for *_, i in steps]
+        assert values == pytest.approx(task["gold_turn_values"])
+        deltas = [i["value_delta"] for *_, i in steps]
+        assert all(d >= 0 for d in deltas)
+        assert all(deltas[k] > 0 for k in task["decisive_turns"])
+        assert sum(deltas) == pytest.approx(1.0)
+        # GiGPO anchors: the state each action was taken in is the state the previous step led to
+        anchors = [info0["anchor"]] + [i["anchor"] for *_, i in steps]
+        assert [i["anchor_obs"] for *_, i in steps] == anchors[:-1]
+        assert all(a.startswith("room: ") for a in anchors) and "coin" in anchors[-1]
+    if env_name == "long":
+        assert min(lengths) >= 10 and env.max_turns >= 3 * max(lengths)
+    else:
+        assert max(lengths) <= 6 and env.max_turns >= 2 * max(lengths)
+
+
+@needs_textworld
+def test_generation_is_deterministic_per_seed(short, tmp_path):
+    from turngym.envs.builtin.textworld_games import TextWorldGame, compiled_game, game_seed_of
+
+    obs_a, info_a = short.reset(seed=11)
+    obs_b, info_b = short.reset(seed=11)
+    assert obs_a == obs_b and info_a["task"] == info_b["task"]
+    seed = game_seed_of(0, info_a["task"]["game"])
+    assert info_a["task"]["game_seed"] == seed
+    fresh = compiled_game("tw-coin_collector", 5, seed, tmp_path)  # generated again, elsewhere
+    assert fresh.is_file() and fresh.with_suffix(".json").is_file()
+    assert sorted(p.name for p in fresh.parent.iterdir()) == [
+        f"seed{seed}.json",
+        f"seed{seed}.lock",
+        f"seed{seed}.z8",
+    ]
+    game = TextWorldGame(fresh)
+    try:
+        game.reset()
+        assert game.remaining == info_a["task"]["walkthrough"]
+        assert obs_a[-1]["content"].startswith(game.intro())
+    finally:
+        game.close()
+    tasks = {short.reset(options={"game": g})[1]["task"]["id"] for g in range(3)}
+    assert len(tasks) == 3  # different games in the pool
+
+
+@needs_textworld
+def test_concurrent_generation_waits_for_one_build(tmp_path, monkeypatch):
+    import textworld.challenges
+
+    from turngym.envs.builtin import textworld_games
+
+    builds = []
+    desc, make, args = textworld.challenges.CHALLENGES["tw-coin_collector"]
+    counting = lambda *a, **k: builds.append(1) or make(*a, **k)
+    monkeypatch.setitem(textworld.challenges.CHALLENGES, "tw-coin_collector", (desc, counting, args))
+    paths = []
+    threads = [
+        threading.Thread(
+            target=lambda: paths.append(textworld_games.compiled_game("tw-coin_collector", 2, 7, tmp_path))
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].is_file()
+    assert len(builds) == 1
+    assert not [p for p in paths[0].parent.iterdir() if ".tmp" in p.name]
+
+
+@needs_textworld
+def test_bad_commands_are_data(short):
+    short.reset(options={"game": 0})
+    cases = {
+        "<command> eat the sky </command>": "can't see",  # the game's own reply
+        "<command> xyzzy </command>": "not a verb",
+        "<command> 北 é </command>": "not a verb",
+        "<command> restart </command>": "interpreter command",  # would restart behind TextWorld's back
+        "<command> QUIT </command>": "interpreter command",
+        "<command> tw-trace-actions </command>": "interpreter command",
+        "<command>" + "x" * 500 + "</command>": "too long",
+        "<command></command>": "Send one game command",
+        "go north": "no command found",
+        "<search> coin </search>": "unknown tool or tag <search>",
+        "<command> look </command><command> look </command>": "too many tool calls",
+    }
+    for action, expected in cases.items():
+        obs, reward, term, trunc, info = short.step(action)
+        assert not term and not trunc and reward == 0.0
+        text = "\n".join(m["content"] for m in obs)
+        assert expected in text, (action, text)
+        assert info["value"] == 0.0 and info["value_delta"] == 0.0
+    res = short.step("<command> eat the sky </command>")[4]["tool_results"][0]
+    assert res.ok and res.meta == {"admissible": False}
+
+
+@needs_textworld
+def test_truncation_at_the_turn_budget(short):
+    short.reset(options={"game": 1})
+    assert short.max_turns == 12
+    for turn in range(1, 13):
+        _, reward, term, trunc, info = short.step("<command> look </command>")
+        assert not term and reward == 0.0
+        assert trunc == (turn == 12)
+    assert info["truncated_by"] == "max_turns" and info["success"] is False and info["outcome"] == 0.0
+    with pytest.raises(EnvError, match="reset"):
+        short.step("<command> look </command>")
+
+
+@needs_textworld
+def test_a_win_on_the_last_allowed_turn_terminates():
+    env = E.make(SHORT, games=3, max_turns=5)
+    try:
+        _, info0 = env.reset(options={"game": 2})
+        assert len(info0["task"]["walkthrough"]) == 5
+        _, steps = play_expert(env, 2)
+        reward, term, trunc, info = steps[-1]
+        assert (len(steps), reward, term, trunc, info["success"]) == (5, 1.0, True, False, True)
+        assert "truncated_by" not in info
+    finally:
+        env.close()
+
+
+@needs_textworld
+def test_noisy_expert_detours_and_values_stay_in_range(long):
+    outcomes = []
+    for seed in range(3):
+        _, steps = play_expert(long, seed % 2, noise=0.5, seed=seed)
+        assert all(0.0 <= i["value"] <= 1.0 for *_, i in steps)
+        assert any(i["value_delta"] <= 0 for *_, i in steps)  # the noise costs turns
+        outcomes.append(steps[-1][3]["outcome"])
+    assert set(outcomes) <= {0.0, 1.0}
+
+
+@needs_textworld
+def test_answer_runs_a_plan(short):
+    _, info = short.reset(options={"game": 0})
+    _, reward, term, _, end = short.step(f"<answer> {info['task']['gold_answer']} </answer>")
+    assert (reward, term, end["success"], end["value"]) == (1.0, True, True, 1.0)
+    assert end["plan_commands"] == len(info["task"]["walkthrough"])
+    _, info = short.reset(options={"game": 0})
+    first = info["task"]["walkthrough"][0]
+    _, reward, term, _, end = short.step(f"<answer> {first}, look </answer>")
+    assert (reward, term, end["success"], end["plan_commands"]) == (0.0, True, False, 2)
+    assert end["value"] == pytest.approx(1 / len(info["task"]["walkthrough"]))
+
+
+@needs_textworld
+def test_turn_value_replays_a_history(short):
+    _, steps = play_expert(short, 1, noise=0.3, seed=4)
+    history = short.history
+    assistant_at = [i for i, m in enumerate(history) if m["role"] == "assistant"]
+    for k, (*_, info) in enumerate(steps):
+        upto = assistant_at[k + 1] if k + 1 < len(assistant_at) else len(history)
+        assert short.turn_value(history[:upto]) == pytest.approx(info["value"])
+    assert short.turn_value() == steps[-1][3]["value"]
+
+
+@needs_textworld
+def test_options_bounded_observations_and_hermes(cache):
+    env = E.make(SHORT, games=3, cache_dir=cache, list_commands=False, max_obs_chars=60, parser="hermes")
+    try:
+        obs, _ = env.reset(options={"game": 0})
+        assert "Valid commands" not in obs[-1]["content"] and "<command>" not in obs[0]["content"]
+        env.reset(options={"game": 0})
+        new, *_ = env.step(env.expert_action(np.random.default_rng(0), 0.0))
+        assert (
+            new[0]["role"] == "tool" and len(new[0]["content"]) <= 60 and new[0]["content"].endswith(" ...")
+        )
+        _, steps = play_expert(env, 0)
+        assert steps[-1][3]["success"] is True
+        with pytest.raises(ConfigError, match="game=7"):
+            env.reset(options={"game": 7})
+    finally:
+        env.close()
+
+
+@needs_textworld
+@pytest.mark.slow
+def test_treasure_hunter_games(tmp_path):
+    env = E.make(SHORT, challenge="tw-treasure_hunter", level=15, games=2, cache_dir=tmp_path, max_turns=30)
+    try:
+        for game in range(2):
+            info0, steps = play_expert(env, game)
+            assert steps[-1][3]["success"] is True and len(steps) == len(info0["task"]["walkthrough"])
+            assert all(i["value_delta"] > 0 for *_, i in steps)
+    finally:
+        env.close()

@@ -8,7 +8,10 @@ the model's parameters change (tracked through each parameter's in-place version
 pointer), so an optimizer step or a weight load never reuses stale keys/values.
 
 `BufferLayer` replaces transformers' concatenating `DynamicLayer` with a preallocated buffer (writes in
-place; returns views), which halves the per-token decode cost on CPU for long contexts.
+place; returns views of the filled positions only), which halves the per-token decode cost on CPU for long
+contexts. Finished rows are removed by `BufferLayer.move_rows` + `BufferLayer.keep_rows` (live rows from the
+tail are copied into the dead slots, then the batch is narrowed: the copy is proportional to the rows moved, not
+to the whole cache), and `BufferLayer.set_start` hides the leading columns that are padding for every live row.
 
 Both depend on transformers' cache-layer API (``transformers.cache_utils.DynamicLayer``, transformers >= 4.56);
 `cache_support` says whether the installed version and the model's layer types allow them.
@@ -39,19 +42,29 @@ def _buffer_layer_class():
     from transformers.cache_utils import DynamicLayer
 
     class BufferLayer(DynamicLayer):
-        """A dynamic cache layer backed by a preallocated ``[B, H, capacity, D]`` buffer (grows by doubling)."""
+        """A dynamic cache layer backed by a preallocated ``[B, H, capacity, D]`` buffer (grows by doubling).
+
+        Columns ``[0, n)`` are filled; attention sees ``[start, n)`` (``start`` > 0 once every live row has
+        padding there), so `get_seq_length` is ``n - start`` and the caller passes the 2-D attention mask
+        sliced the same way.
+        """
 
         def __init__(self, capacity: int):
             super().__init__()
             self.capacity = int(capacity)
             self.n = 0
+            self.start = 0
+
+        def _views(self) -> None:
+            self.keys, self.values = self.kbuf[:, :, self.start: self.n], self.vbuf[:, :, self.start: self.n]
 
         def lazy_initialization(self, key_states, value_states) -> None:
             self.device = key_states.device
             B, H, _, D = key_states.shape
             self.kbuf = key_states.new_zeros(B, H, self.capacity, D)
             self.vbuf = value_states.new_zeros(B, H, self.capacity, value_states.shape[-1])
-            self.keys, self.values = self.kbuf[:, :, :0], self.vbuf[:, :, :0]
+            self.start = 0
+            self._views()
             self.is_initialized = True
 
         def _grow(self, need: int) -> None:
@@ -71,23 +84,41 @@ def _buffer_layer_class():
             self.kbuf[:, :, self.n: self.n + s] = key_states
             self.vbuf[:, :, self.n: self.n + s] = value_states
             self.n += s
-            self.keys, self.values = self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+            self._views()
             return self.keys, self.values
 
         def preload(self, kbuf, vbuf, n: int) -> None:
             """Start from given buffers whose first `n` positions are filled."""
             self.device = kbuf.device
-            self.kbuf, self.vbuf, self.n = kbuf, vbuf, int(n)
-            self.keys, self.values = self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+            self.kbuf, self.vbuf, self.n, self.start = kbuf, vbuf, int(n), 0
+            self._views()
             self.is_initialized = True
 
         def get_seq_length(self) -> int:
-            return self.n
+            return self.n - self.start
+
+        def set_start(self, start: int) -> None:
+            """Attend from column `start` on (the columns before it are padding for every live row)."""
+            self.start = int(start)
+            self._views()
+
+        def move_rows(self, src, dst) -> None:
+            """Copy the attended columns of batch rows `src` into rows `dst` (index tensors, same length)."""
+            if self.is_initialized:
+                self.kbuf[dst, :, self.start: self.n] = self.kbuf[src, :, self.start: self.n]
+                self.vbuf[dst, :, self.start: self.n] = self.vbuf[src, :, self.start: self.n]
+
+        def keep_rows(self, n_rows: int) -> None:
+            """Narrow the batch to its first `n_rows` rows (a view: nothing is copied)."""
+            if self.is_initialized:
+                self.kbuf, self.vbuf = self.kbuf[:n_rows], self.vbuf[:n_rows]
+                self._views()
 
         def batch_select_indices(self, indices) -> None:
+            """Gather rows `indices` (copies every row's whole buffer; the legacy decode path)."""
             if self.is_initialized:
                 self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
-                self.keys, self.values = self.kbuf[:, :, : self.n], self.vbuf[:, :, : self.n]
+                self._views()
 
     del torch
     return BufferLayer
@@ -110,7 +141,10 @@ def new_cache(model: Any, capacity: int):
 
 @dataclass
 class Entry:
-    """Keys/values of one token sequence: per layer ``(k [H, n, D], v [H, n, D])``."""
+    """Keys/values of one token sequence: per layer ``(k [H, n, D], v [H, n, D])``.
+
+    The tensors are copies, or views into the buffers of the batch that generated the sequence (`HFPolicy`
+    copies them out before it reuses the row's slot); `nbytes` counts the viewed elements."""
 
     ids: list[int]
     kv: list[tuple[Any, Any]]
@@ -159,7 +193,11 @@ class PrefixCache:
         return best
 
     def replace(self, entries: list[Entry]) -> None:
-        """Keep `entries` (up to the memory budget) as the new cache content."""
+        """Keep `entries` (up to the memory budget) as the new cache content.
+
+        Entries that are views into batch buffers are copied out when those buffers (padding and unused
+        capacity included) would hold more memory than the budget, so the budget bounds what stays allocated.
+        """
         kept, used = [], 0
         for e in entries:
             b = e.nbytes
@@ -167,4 +205,13 @@ class PrefixCache:
                 continue
             kept.append(e)
             used += b
+        storages = {}
+        for e in kept:
+            for k, v in e.kv:
+                for t in (k, v):
+                    st = t.untyped_storage()
+                    storages[st.data_ptr()] = st.nbytes()
+        if sum(storages.values()) > self.max_bytes:
+            for e in kept:
+                e.kv = [(k.clone(), v.clone()) for k, v in e.kv]
         self.entries = kept

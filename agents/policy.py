@@ -134,10 +134,13 @@ class HFPolicy:
     """Batched sampling from a transformers causal LM with a KV cache.
 
     Contexts are left-padded with explicit ``position_ids`` (so a padded row computes exactly what the unpadded
-    sequence computes), prefilled in one forward pass, then decoded one token per step; rows that finish are
-    dropped from the batch and the cache. With ``prefix_cache`` a context that extends a sequence of the
-    previous call reuses its keys/values and only its new tokens are prefilled. Returns the raw model log-probs of the sampled tokens (module
-    docstring), which `score_sequence` reproduces by teacher forcing.
+    sequence computes), prefilled in one forward pass, then decoded one token per step. A row that finishes stays
+    in the batch with its outputs ignored until the finished rows reach ``compact_dead_share`` of the batch; then
+    they are dropped from the batch and the cache (only the live rows that move are copied). Sampling draws one
+    uniform per row per step (`sample_tokens`), so a row's tokens do not depend on the other rows of its batch
+    nor on when the batch was compacted. With ``prefix_cache`` a context that extends a sequence of the
+    previous call reuses its keys/values and only its new tokens are prefilled. Returns the raw model log-probs
+    of the sampled tokens (module docstring), which `score_sequence` reproduces by teacher forcing.
 
     Args:
         model: A causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
@@ -149,6 +152,11 @@ class HFPolicy:
             extends one (the next turn of the same episode): only the new observation is prefilled
             (`turngym.agents.kv`). Invalidated automatically when the weights change.
         prefix_cache_bytes: Memory budget of the prefix cache.
+        compact_dead_share: Share of finished rows in the decode batch at which they are dropped from it
+            (0: on every finish; 1: never before the batch ends). See benchmarks/README.md, "Batched rollouts".
+        legacy_decode: Use the decode loop from before issue 24 (the whole cache gathered on every finish,
+            ``torch.multinomial`` over the full vocabulary). Kept for side-by-side benchmarks
+            (``benchmarks/rollout.py --legacy``); it draws different tokens from the same seed.
     """
 
     def __init__(
@@ -161,6 +169,8 @@ class HFPolicy:
         seed: int = 0,
         prefix_cache: bool = True,
         prefix_cache_bytes: int = 2 << 30,
+        compact_dead_share: float = 0.1,
+        legacy_decode: bool = False,
     ):
         import torch
 
@@ -180,6 +190,10 @@ class HFPolicy:
         self._cache_kw = _cache_kwarg(model)
         self._kv_ok = cache_support(model)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if (prefix_cache and self._kv_ok) else None
+        if not 0.0 <= compact_dead_share <= 1.0:
+            raise ConfigError(f"HFPolicy: compact_dead_share must be in [0, 1], got {compact_dead_share}.")
+        self.compact_dead_share = float(compact_dead_share)
+        self.legacy_decode = bool(legacy_decode)
 
     @property
     def device(self):
@@ -234,7 +248,9 @@ class HFPolicy:
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
 
-    def _sample(self, logits, params: SamplingParams):
+    def _sample_legacy(self, logits, params: SamplingParams):
+        """The sampler of the legacy decode path: ``torch.multinomial`` over the processed full-vocabulary
+        distribution, one draw per row of the current (compacted) batch."""
         import torch
 
         if params.temperature == 0:
@@ -252,10 +268,19 @@ class HFPolicy:
             probs = probs / probs.sum(-1, keepdim=True)
         return torch.multinomial(probs.cpu(), 1, generator=self._gen).squeeze(-1).to(logits.device)
 
-    def _generate_batch(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
+    def _prefill_setup(self, contexts: list[list[int]], params: SamplingParams, aligned: bool = True
+                       ) -> dict[str, Any]:
+        """Inputs of the prefill forward pass: prefix-cache lookups, left-padded suffixes, positions, the cache.
+
+        Every row feeds its last ``S`` tokens (``S`` = the longest uncached suffix; a row whose cached prefix is
+        longer re-feeds the rest of it, in columns that would otherwise hold padding), so each row's context
+        is one contiguous run of columns ending at ``P + S`` = the longest context. ``aligned=False`` is the
+        legacy layout: row b's whole cached prefix right-aligned at column ``P``, its suffix right-aligned at
+        ``P + S``, with padding between the two for shorter suffixes. ``attn`` [B, P+S] marks the real columns.
+        """
         import torch
 
-        from turngym.agents.kv import Entry, new_cache
+        from turngym.agents.kv import new_cache
 
         dev = self.device
         B = len(contexts)
@@ -263,8 +288,12 @@ class HFPolicy:
         if self.prefix_cache is not None:
             reuse = [self.prefix_cache.lookup(c) for c in contexts]
         r = [len(e.ids) if e is not None else 0 for e in reuse]  # reused prefix length per row
+        S = max(len(c) - n for c, n in zip(contexts, r))
+        if aligned:
+            r = [max(0, len(c) - S) for c in contexts]  # <= the cached length, since every suffix is <= S
+            reuse = [e if n > 0 else None for e, n in zip(reuse, r)]
         suf = [c[n:] for c, n in zip(contexts, r)]
-        P, S = max(r), max(len(x) for x in suf)
+        P = max(r)
         max_new = params.max_new_tokens
         if self.max_positions is not None:
             max_new = max(1, min(max_new, self.max_positions - max(len(c) for c in contexts)))
@@ -284,15 +313,142 @@ class HFPolicy:
             if P > 0:
                 for li, layer in enumerate(cache.layers):
                     k0 = next(e.kv[li][0] for e in reuse if e is not None)
+                    v0 = next(e.kv[li][1] for e in reuse if e is not None)
                     kb = k0.new_zeros(B, k0.shape[0], P + S + max_new, k0.shape[2])
-                    vb = k0.new_zeros(B, k0.shape[0], P + S + max_new, next(
-                        e.kv[li][1] for e in reuse if e is not None).shape[2])
+                    vb = v0.new_zeros(B, v0.shape[0], P + S + max_new, v0.shape[2])
                     for b, e in enumerate(reuse):
                         if e is not None:
-                            kb[b, :, P - r[b]: P] = e.kv[li][0]
-                            vb[b, :, P - r[b]: P] = e.kv[li][1]
+                            kb[b, :, P - r[b]: P] = e.kv[li][0][:, : r[b]]
+                            vb[b, :, P - r[b]: P] = e.kv[li][1][:, : r[b]]
                     layer.preload(kb, vb, P)
             kw[self._cache_kw] = cache
+        return {"B": B, "reuse": reuse, "r": r, "suf": suf, "P": P, "S": S, "max_new": max_new,
+                "input_ids": input_ids, "attn": attn, "pos": pos, "kw": kw}
+
+    def _finish_batch(self, contexts, st: dict[str, Any], ids, lps, reasons, entries) -> tuple[list[Sample], list]:
+        if self.prefix_cache is not None:
+            self.prefix_cache.hits += sum(1 for e in st["reuse"] if e is not None)
+            self.prefix_cache.reused_tokens += sum(st["r"])
+        samples = [
+            Sample(ids=ids[b], logprobs=lps[b], text=decode_action(self.tokenizer, ids[b], self.stop_token_ids),
+                   finish_reason=reasons[b])
+            for b in range(st["B"])
+        ]
+        return samples, entries
+
+    def _done(self, b: int, ids: list[list[int]], reasons: list[str], params: SamplingParams, stop_set: set[int],
+              last: bool) -> bool:
+        """Whether row b (its last sampled id just appended) is finished; sets its finish reason."""
+        if ids[b][-1] in stop_set:
+            reasons[b] = "stop"
+        elif _stop_hit(self.tokenizer, ids[b], params.stop):
+            reasons[b] = "stop_string"
+        else:
+            return last
+        return True
+
+    def _entry(self, contexts, st: dict[str, Any], cache, i: int, b: int, ids: list[list[int]], view: bool = False):
+        """Prefix-cache entry of original row b (batch row i): keys/values of context + ids[:-1].
+
+        ``view=True`` (aligned layout only: the row's columns are one run) returns views into the batch's
+        buffers instead of copies; the caller clones them before the row's slot is overwritten.
+        """
+        import torch
+
+        from turngym.agents.kv import Entry
+
+        P, S, r = st["P"], st["S"], st["r"]
+        a, z = P + S - len(st["suf"][b]), cache.layers[0].n  # the cached prefix and everything fed after it
+        if view:
+            kv = [(L.kbuf[i, :, P - r[b] if r[b] else a: z], L.vbuf[i, :, P - r[b] if r[b] else a: z])
+                  for L in cache.layers]
+        else:
+            kv = [(torch.cat([L.kbuf[i, :, P - r[b]: P], L.kbuf[i, :, a:z]], dim=1),
+                   torch.cat([L.vbuf[i, :, P - r[b]: P], L.vbuf[i, :, a:z]], dim=1))
+                  for L in cache.layers]
+        return Entry(ids=list(contexts[b]) + ids[b][:-1], kv=kv)
+
+    def _generate_batch(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
+        """Prefill, then decode one token per step for every row of the batch.
+
+        A finished row stays in the batch (its outputs are ignored) until the finished rows reach
+        ``compact_dead_share`` of the batch; then live rows from the tail are moved into the dead slots and the
+        batch is narrowed (`BufferLayer.move_rows` / ``keep_rows``), and attention skips the leading columns that
+        are padding for every live row. Each step draws one uniform per original row (`sample_tokens`), so which
+        rows share the batch, and when it is compacted, does not change any row's tokens.
+        """
+        if self.legacy_decode:
+            return self._generate_batch_legacy(contexts, params)
+        import torch
+
+        st = self._prefill_setup(contexts, params)
+        B, P, S = st["B"], st["P"], st["S"]
+        attn, kw = st["attn"], st["kw"]
+        buffered = self._kv_ok  # BufferLayer caches: move-rows compaction and left trim
+        first = [P + S - len(c) for c in contexts]  # first real column of each row (aligned layout)
+        stop_set = set(self.stop_token_ids)
+        ids: list[list[int]] = [[] for _ in range(B)]
+        lps: list[list[float]] = [[] for _ in range(B)]
+        reasons: list[str] = ["length"] * B
+        entries: list = []
+        rows = list(range(B))  # batch row -> original row; -1 once finished (kept until the next compaction)
+        row_idx = None  # rows as a tensor once compaction reordered them
+        n_dead, start = 0, 0
+        sampled = params.temperature > 0
+        keep_entries = self.prefix_cache is not None and self._kv_ok
+        dead_entries: dict[int, Any] = {}  # batch row -> its prefix-cache entry (views into the buffers)
+        with torch.inference_mode():
+            out = self.model(input_ids=st["input_ids"], attention_mask=attn, position_ids=st["pos"], use_cache=True,
+                             logits_to_keep=1, **kw)
+            cache = _out_cache(out)
+            logits = out.logits[:, -1, :].float()  # [B', V]
+            next_pos = st["pos"][:, -1:] + 1  # [B', 1]
+            for step in range(st["max_new"]):
+                u = None
+                if sampled:  # one uniform per original row, drawn every step whatever the batch holds
+                    u = torch.rand(B, generator=self._gen, dtype=torch.float64)
+                    u = u if row_idx is None else u[row_idx]
+                logp = torch.log_softmax(logits, dim=-1)  # [B', V]
+                tok = sample_tokens(logits, params, u, logp=logp)  # [B']
+                tok_l = tok.tolist()
+                lp_l = logp.gather(-1, tok[:, None]).squeeze(-1).tolist()
+                last = step == st["max_new"] - 1
+                for i, b in enumerate(rows):
+                    if b < 0:
+                        continue
+                    ids[b].append(tok_l[i])
+                    lps[b].append(lp_l[i])
+                    if self._done(b, ids, reasons, params, stop_set, last):
+                        if keep_entries:
+                            entries.append(self._entry(contexts, st, cache, i, b, ids, view=True))
+                            dead_entries[i] = entries[-1]
+                        rows[i] = -1
+                        n_dead += 1
+                if n_dead == len(rows):
+                    break
+                if n_dead >= max(1.0, self.compact_dead_share * len(rows)):
+                    for i, e in dead_entries.items():
+                        if i < len(rows) - n_dead:  # this slot receives a live row: copy its entry out first
+                            e.kv = [(k.clone(), v.clone()) for k, v in e.kv]
+                    dead_entries.clear()
+                    rows, tok, attn, next_pos, start = _compact(cache, rows, tok, attn, next_pos, first, buffered)
+                    row_idx = torch.tensor(rows)
+                    n_dead = 0
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+                out = self.model(input_ids=tok[:, None], attention_mask=attn[:, start:], position_ids=next_pos,
+                                 use_cache=True, **{self._cache_kw: cache})
+                cache = _out_cache(out)
+                logits = out.logits[:, -1, :].float()
+                next_pos = next_pos + 1
+        return self._finish_batch(contexts, st, ids, lps, reasons, entries)
+
+    def _generate_batch_legacy(self, contexts: list[list[int]], params: SamplingParams) -> tuple[list[Sample], list]:
+        """The decode loop before issue 24 (``legacy_decode=True``): finished rows are gathered out of the whole
+        cache on every finish, and `_sample_legacy` draws from the full vocabulary with ``torch.multinomial``."""
+        import torch
+
+        st = self._prefill_setup(contexts, params, aligned=False)
+        B, attn, kw, dev = st["B"], st["attn"], st["kw"], self.device
         stop_set = set(self.stop_token_ids)
         ids: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
@@ -300,35 +456,26 @@ class HFPolicy:
         entries: list = []
         alive = list(range(B))  # row i of the live batch -> original index alive[i]
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+            out = self.model(input_ids=st["input_ids"], attention_mask=attn, position_ids=st["pos"], use_cache=True,
                              logits_to_keep=1, **kw)
             cache = _out_cache(out)
             logits = out.logits[:, -1, :].float()  # [B', V]
-            next_pos = pos[:, -1:] + 1  # [B', 1]
-            for step in range(max_new):
+            next_pos = st["pos"][:, -1:] + 1  # [B', 1]
+            for step in range(st["max_new"]):
                 logp = torch.log_softmax(logits, dim=-1)
-                tok = self._sample(logits, params)  # [B']
+                tok = self._sample_legacy(logits, params)  # [B']
                 tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
                 tok_l, lp_l = tok.tolist(), tok_lp.tolist()
                 keep_rows: list[int] = []
-                last = step == max_new - 1
+                last = step == st["max_new"] - 1
                 for i, b in enumerate(alive):
                     ids[b].append(tok_l[i])
                     lps[b].append(lp_l[i])
-                    if tok_l[i] in stop_set:
-                        reasons[b] = "stop"
-                    elif _stop_hit(self.tokenizer, ids[b], params.stop):
-                        reasons[b] = "stop_string"
-                    elif not last:
+                    if not self._done(b, ids, reasons, params, stop_set, last):
                         keep_rows.append(i)
                         continue
                     if self.prefix_cache is not None and self._kv_ok:
-                        # keys/values of context + ids[:-1]: the cached prefix and everything fed after it
-                        a, z = P + S - len(suf[b]), cache.layers[0].n
-                        kv = [(torch.cat([L.kbuf[i, :, P - r[b]: P], L.kbuf[i, :, a:z]], dim=1),
-                               torch.cat([L.vbuf[i, :, P - r[b]: P], L.vbuf[i, :, a:z]], dim=1))
-                              for L in cache.layers]
-                        entries.append(Entry(ids=list(contexts[b]) + ids[b][:-1], kv=kv))
+                        entries.append(self._entry(contexts, st, cache, i, b, ids))
                 if not keep_rows:
                     break
                 if len(keep_rows) < len(alive):
@@ -342,15 +489,95 @@ class HFPolicy:
                 cache = _out_cache(out)
                 logits = out.logits[:, -1, :].float()
                 next_pos = next_pos + 1
-        if self.prefix_cache is not None:
-            self.prefix_cache.hits += sum(1 for e in reuse if e is not None)
-            self.prefix_cache.reused_tokens += sum(r)
-        samples = [
-            Sample(ids=ids[b], logprobs=lps[b], text=decode_action(self.tokenizer, ids[b], self.stop_token_ids),
-                   finish_reason=reasons[b])
-            for b in range(B)
-        ]
-        return samples, entries
+        return self._finish_batch(contexts, st, ids, lps, reasons, entries)
+
+
+def _compact(cache, rows: list[int], tok, attn, next_pos, first: list[int], buffered: bool):
+    """Drop the finished rows (``rows[i] == -1``) from the decode batch.
+
+    With `BufferLayer` caches the live rows past the new batch size are copied into the dead slots before it
+    (only the moved rows are copied), the batch is narrowed, and attention starts at the first column that is
+    real for some live row. Other caches gather the live rows (``batch_select_indices``).
+
+    Returns:
+        ``(rows, tok, attn, next_pos, start)`` for the compacted batch.
+    """
+    import torch
+
+    dev = tok.device
+    keep = [i for i, b in enumerate(rows) if b >= 0]
+    n = len(keep)
+    if not buffered:
+        sel = torch.tensor(keep, device=dev)
+        cache.batch_select_indices(sel)
+        return [rows[i] for i in keep], tok[sel], attn[sel], next_pos[sel], 0
+    dst = [i for i in range(n) if rows[i] < 0]
+    src = [i for i in range(n, len(rows)) if rows[i] >= 0]
+    rows = list(rows)
+    if dst:
+        si, di = torch.tensor(src, device=dev), torch.tensor(dst, device=dev)
+        for layer in cache.layers:
+            layer.move_rows(si, di)
+        tok[di], attn[di], next_pos[di] = tok[si], attn[si], next_pos[si]
+        for d, s in zip(dst, src):
+            rows[d] = rows[s]
+    rows = rows[:n]
+    for layer in cache.layers:
+        layer.keep_rows(n)
+    start = min(first[b] for b in rows)
+    if start != cache.layers[0].start:
+        for layer in cache.layers:
+            layer.set_start(start)
+    return rows, tok[:n], attn[:n], next_pos[:n], start
+
+
+def sample_tokens(logits, params: SamplingParams, u=None, *, logp=None):
+    """One token per row from ``softmax(logits / T)`` after top-k and top-p, by inverse CDF on `u`.
+
+    Row b's token is the first index whose cumulative (float64) probability exceeds ``u[b] * total``: the same
+    distribution as ``torch.multinomial`` on the processed probabilities (top-k keeps exactly k tokens on ties),
+    at the cost of one uniform per row instead of one random number per vocabulary entry. With ``top_k`` set
+    only the k largest logits are softmaxed, cumulated and searched. Greedy (``T == 0``) is the argmax.
+
+    Args:
+        logits: Raw logits. [B, V]
+        params: Temperature, ``top_k``, ``top_p``.
+        u: Uniforms in [0, 1), one per row (float64 preferred). [B] Required unless greedy.
+        logp: ``log_softmax(logits)`` if already computed (reused at ``T == 1`` without top-k).
+
+    Returns:
+        Sampled ids. [B]
+    """
+    import torch
+
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    if u is None:
+        raise ValueError("sample_tokens: sampling at temperature > 0 needs u (one uniform per row).")
+    T = params.temperature
+    idx = None  # position -> vocabulary id, when `probs` is a sorted or top-k subset
+    if params.top_k and params.top_k < logits.shape[-1]:
+        z, idx = torch.topk(logits, params.top_k, dim=-1)  # [B, k], descending
+        probs = torch.softmax(z / T, dim=-1)
+    elif T == 1.0 and logp is not None:
+        probs = logp.exp()
+    else:
+        probs = torch.softmax(logits / T, dim=-1)
+    if params.top_p < 1.0:
+        if idx is None:
+            probs, idx = torch.sort(probs, dim=-1, descending=True)
+        probs = probs * ((probs.cumsum(-1) - probs) < params.top_p)
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # [B, V'] (or [B, k])
+    total = cdf[:, -1:]
+    bad = ~(torch.isfinite(total) & (total > 0))
+    if bool(bad.any()):
+        rows = bad.squeeze(-1).nonzero().squeeze(-1).tolist()[:8]
+        raise ValueError(f"sample_tokens: rows {rows} have no finite, positive probability mass (NaN or inf "
+                         "logits); expected finite logits from the model.")
+    x = torch.minimum(u.to(device=cdf.device, dtype=torch.float64)[:, None] * total,
+                      torch.nextafter(total, torch.zeros_like(total)))  # < total: always lands on a kept token
+    j = torch.searchsorted(cdf, x, right=True)  # [B, 1]; zero-probability tokens are never picked
+    return (j if idx is None else idx.gather(-1, j)).squeeze(-1)
 
 
 def _cache_kwarg(model) -> str:

@@ -209,7 +209,9 @@ class OutcomeClusterProvider:
     """SIOP steps 1–4: cluster the answers of each prompt group and set the target mass ``q`` (spec §6).
 
     Writes ``meta["prompt_signals"]["siop_q"]``, ``meta["siop_cluster"]`` (−1 without answer) and ``meta["siop_refs"]``
-    (up to ``max_refs`` distinct answer strings of the cluster, member order).
+    (up to ``max_refs`` distinct answer strings of the cluster, member order). An answer that is empty after
+    `normalize_answer` counts as no answer (q = 0, no references): it names no outcome, and its support cannot be
+    scored, so a cluster of empty answers would get the consensus reward with no potential.
 
     Args:
         equivalence: `Equivalence` callable: ``JudgeEquivalence(nli)`` for NLI / LLM judging; default
@@ -265,7 +267,9 @@ class OutcomeClusterProvider:
                     _prompt_signals(trajs[i])["siop_q"] = 1.0
                 continue
             q_text = self.question(trajs[idx[0]])
-            answers = [trajs[i].final_answer for i in idx]
+            # an answer that is empty after normalisation ("<answer></answer>", "."): no outcome mode, like no answer
+            answers = [a if a is not None and normalize_answer(a) else None
+                       for a in (trajs[i].final_answer for i in idx)]
             try:
                 cid = cluster_answers(q_text, answers, self.equivalence)
             except SignalError:

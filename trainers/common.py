@@ -277,20 +277,60 @@ def warm_start(cfg: TrainConfig, s: Setup, log) -> dict[str, float]:
     return out | {"sft/loss": losses[-1] if losses else math.nan}
 
 
+_ANSWER_SLOT = "TURNGYMANSWERSLOT"
+_ANSWER_TEMPLATES: dict[str, tuple[str, str]] = {}
+
+
+def answer_template(cfg: TrainConfig) -> tuple[str, str]:
+    """``(prefix, suffix)`` around a final answer in the env's own action format: its parser's
+    ``format(answer=...)`` split at the answer (``"<answer> "``, ``" </answer>"`` for the tags parser). The probe
+    providers score the gold answer inside this pseudo-response, so its tokens are the ones the policy writes when it
+    answers (a BPE tokenizer gives ``" Varton"`` and ``"Varton"`` different ids). An env without a ``parser`` uses
+    the registered parser of its ``parser_name`` (multi-agent envs), else ``("<answer>", "</answer>")``. Cached per
+    env id and kwargs."""
+    import json
+
+    key = json.dumps([cfg.env_id, cfg.env_kwargs], sort_keys=True, default=str)
+    if key not in _ANSWER_TEMPLATES:
+        from turngym.envs import make
+        from turngym.tools.parsers import PARSERS
+
+        env = make(cfg.env_id, **cfg.env_kwargs)
+        try:
+            parser = getattr(env, "parser", None)
+            name = getattr(env, "parser_name", None)
+            if parser is None and isinstance(name, str) and name in PARSERS.names():  # e.g. multi-agent envs
+                parser = PARSERS[name]()
+            fmt = getattr(parser, "format", None)
+            text = fmt(answer=_ANSWER_SLOT) if callable(fmt) else f"<answer>{_ANSWER_SLOT}</answer>"
+        finally:
+            env.close()
+        pre, slot, suf = text.partition(_ANSWER_SLOT)
+        _ANSWER_TEMPLATES[key] = (pre, suf) if slot else ("<answer>", "</answer>")
+    return _ANSWER_TEMPLATES[key]
+
+
 def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
-    """The providers a credit method needs, built over the current policy (π_θold at rollout time)."""
+    """The providers a credit method needs, built over the current policy (π_θold at rollout time).
+
+    The gold probe (IGPO / A²TGPO) and SIOP's support score the answer inside the env's own answer format
+    (`answer_template`).
+    """
     from turngym.credit import signals as sig
     from turngym.trainers.probe import probe_scorer
 
     name = cfg.credit
     if name in ("igpo", "a2tgpo"):
+        pre, suf = answer_template(cfg)
         return [sig.GoldProbeProvider(probe_scorer(s.model, s.pad_id), sig.hf_tokenize(s.tokenizer),
-                                      prefix="<answer>", suffix="</answer>")]
+                                      prefix=pre, suffix=suf)]
     if name == "matchtir":
         return [sig.ToolMatchProvider()]
     if name == "siop":
+        pre, suf = answer_template(cfg)
         return [sig.OutcomeClusterProvider(), sig.SupportProvider(probe_scorer(s.model, s.pad_id),
-                                                                   sig.hf_tokenize(s.tokenizer))]
+                                                                   sig.hf_tokenize(s.tokenizer), prefix=pre,
+                                                                   suffix=suf)]
     if name == "slate":
         return [sig.RuleStepJudgeProvider()]
     if name == "pure":  # no PRM model on the built-in envs: the rule judge's step score is the PR value

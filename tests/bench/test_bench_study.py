@@ -81,7 +81,7 @@ def test_aggregate_threshold_and_final_success():
 
 def test_cli_lists_the_packaged_benchmarks(capsys):
     assert cli.main(["bench"]) == 0
-    assert "credit-accuracy, study (packaged)" in capsys.readouterr().out
+    assert "credit-accuracy, provider-quality, study (packaged)" in capsys.readouterr().out
 
 
 def test_cli_unknown_method_is_rejected_before_any_work(tmp_path, capsys):

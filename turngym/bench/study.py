@@ -59,7 +59,7 @@ STUDY_METHODS = ("grpo", "a2tgpo", "matchtir", "siop", "slate", "gigpo", "ppo-ba
 POWERED_METHODS = ("grpo", "zero", "a2tgpo", "igpo", "matchtir", "gigpo", "siop", "tempo")
 
 #: method -> the preset it takes its algorithm keys from.
-METHOD_PRESET = {"grpo": "grpo", "a2tgpo": "default", "matchtir": "matchtir", "siop": "siop", "slate": "slate",
+METHOD_PRESET = {"grpo": "grpo", "a2tgpo": "a2tgpo", "matchtir": "matchtir", "siop": "siop", "slate": "slate",
                  "gigpo": "gigpo", "ppo-bad": "ppo-bad", "tempo": "tempo", "ppo": "ppo", "igpo": "igpo", "zero": "zero"}
 
 #: Preset keys that define an algorithm (everything else — sizes, KL, lr — is the study's, shared by all).

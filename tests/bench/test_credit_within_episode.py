@@ -177,7 +177,7 @@ def test_policy_specs_and_cli():
 
 
 def test_load_policy_from_a_save_pretrained_dir(sft_dir, tiny_setup):
-    from conftest import TINY_SFT
+    TINY_SFT = {"sft_steps": 3, "sft_episodes": 8, "max_new_tokens": 24}  # tests/bench/conftest.py's
 
     from turngym.bench.credit_accuracy import load_policy
 

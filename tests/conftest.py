@@ -6,6 +6,7 @@ reproducible; locally it explores new examples each run.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -40,7 +41,11 @@ def sigkill_training():
                 if proc.poll() is not None:
                     pytest.fail(f"training exited (rc {proc.returncode}) before step {after_step}:\n"
                                 f"{proc.stdout.read()}")
-                if (Path(run) / "metrics.jsonl").exists() and any(d["step"] >= after_step for d in train_lines(run)):
+                try:  # the trainer may be mid-way through writing a line: read again on the next poll
+                    lines = train_lines(run) if (Path(run) / "metrics.jsonl").exists() else []
+                except json.JSONDecodeError:
+                    lines = []
+                if any(d["step"] >= after_step for d in lines):
                     break
                 time.sleep(0.05)
             else:

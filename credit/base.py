@@ -1,11 +1,15 @@
 """The credit-assignment contract: `GroupBatch` in, `CreditOutput` out, methods in the `CREDIT` registry.
 
-Contract for anyone adding a method (e.g. the token-level methods in ``credit/token.py``):
+Contract for anyone adding a method (e.g. the token-level methods in ``credit/gae.py``, ``tempo.py``, ``pure.py``,
+``delta.py``):
 
 * A method is a pure function ``fn(batch: GroupBatch, cfg: MyConfig) -> CreditOutput`` where ``MyConfig`` is a
   frozen dataclass whose defaults are the spec's framework defaults (spec §10). Register it with
   ``@register_credit("name", MyConfig)``; `assign_credit` then builds the config from keyword overrides
   (unknown key -> `ConfigError`), runs the method under ``torch.no_grad()`` and checks the output.
+* Declare what the trainer must compute for it: ``@register_credit("name", MyConfig, signals=("gold_probe",),
+  token_features=("hidden",))`` names signal providers and token-feature builders of `turngym.credit.signals`
+  (`SIGNAL_PROVIDERS`, `TOKEN_FEATURES`); the trainer builds exactly those, in order (`credit_needs`).
 * Read only tensors from the batch (plus ``batch.trajectories`` for host-side metadata such as strings).
   Shapes: ``B`` rows, ``L`` response tokens, ``K`` turns (= max turns in the batch), ``P`` prompt tokens.
   The *response axis* starts right after the prompt: ``response_ids[b]`` is the concatenation over turns of
@@ -40,8 +44,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from turngym.credit.groups import GroupNormStats, turn_rewards_to_token_rewards
 
+from turngym.credit.groups import GroupNormStats, turn_rewards_to_token_rewards
 from turngym.errors import ConfigError, CreditError
 from turngym.registry import Registry
 from turngym.types import Trajectory
@@ -49,12 +53,17 @@ from turngym.types import Trajectory
 __all__ = [
     "CREDIT",
     "PROMPT_SIGNALS_KEY",
+    "REFINERS",
+    "CreditNeeds",
     "CreditOutput",
     "GroupBatch",
     "RatioLevel",
     "assign_credit",
+    "credit_needs",
     "make_config",
+    "refine",
     "register_credit",
+    "register_refiner",
     "standard_diagnostics",
     "turn_rewards_to_token_rewards",
 ]
@@ -435,20 +444,97 @@ class CreditOutput:
 
 CreditFn = Callable[[GroupBatch, Any], CreditOutput]
 CREDIT: Registry[CreditFn] = Registry("credit method")
-"""name -> ``fn(batch, cfg) -> CreditOutput``; each function carries its config class as ``fn.config_cls``."""
+"""name -> ``fn(batch, cfg) -> CreditOutput``; each function carries its config class as ``fn.config_cls`` and its
+declared needs as ``fn.signals`` / ``fn.token_features`` (see `register_credit`)."""
 
 
-def register_credit(name: str, config_cls: type, *, overwrite: bool = False) -> Callable[[CreditFn], CreditFn]:
-    """Decorator: register ``fn(batch, cfg)`` under ``name`` with its frozen config dataclass."""
+@dataclass(frozen=True)
+class CreditNeeds:
+    """What a credit method declares it reads besides the trajectories (`register_credit`).
+
+    Attributes:
+        signals: Names of signal providers (``turngym.credit.signals.SIGNAL_PROVIDERS``) that fill the method's
+            ``Turn.signals`` / prompt signals, run in this order before the batch is built.
+        token_features: Names of token-feature builders (``turngym.credit.signals.TOKEN_FEATURES``) whose tensors go
+            into ``GroupBatch.token_features`` (e.g. DelTA's ``"hidden"``).
+    """
+
+    signals: tuple[str, ...] = ()
+    token_features: tuple[str, ...] = ()
+
+
+def _names(name: str, what: str, names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"register_credit({name!r}): {what} must be a tuple of names, e.g. ('gold_probe',); "
+                        f"got {names!r}.")
+    return tuple(names)
+
+
+def register_credit(name: str, config_cls: type, *, signals: Sequence[str] = (), token_features: Sequence[str] = (),
+                    overwrite: bool = False) -> Callable[[CreditFn], CreditFn]:
+    """Decorator: register ``fn(batch, cfg)`` under ``name`` with its frozen config dataclass and its declared needs.
+
+    Args:
+        name: Key in `CREDIT` (the trainer's ``credit=`` value).
+        config_cls: Frozen dataclass of the method's options (defaults = spec defaults).
+        signals: Signal providers the method needs, by name in ``turngym.credit.signals.SIGNAL_PROVIDERS``, in the
+            order they must run (e.g. ``("siop_cluster", "siop_support")``). The trainer builds exactly these.
+        token_features: Token-feature builders the method needs (``turngym.credit.signals.TOKEN_FEATURES``), e.g.
+            ``("hidden",)``.
+        overwrite: Replace an existing registration of ``name``.
+    """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_credit({name!r}): config_cls must be a dataclass, got {config_cls!r}.")
+    needs = CreditNeeds(_names(name, "signals", signals), _names(name, "token_features", token_features))
 
     def deco(fn: CreditFn) -> CreditFn:
         fn.config_cls = config_cls  # type: ignore[attr-defined]
+        fn.signals = needs.signals  # type: ignore[attr-defined]
+        fn.token_features = needs.token_features  # type: ignore[attr-defined]
         CREDIT.add(name, fn, overwrite=overwrite)
         return fn
 
     return deco
+
+
+def credit_needs(name: str) -> CreditNeeds:
+    """The signals and token features credit method ``name`` declared (empty for a function added to `CREDIT`
+    without `register_credit`). Raises `RegistryError` for an unknown method."""
+    fn = CREDIT[name]
+    return CreditNeeds(tuple(getattr(fn, "signals", ())), tuple(getattr(fn, "token_features", ())))
+
+
+RefineFn = Callable[[CreditOutput, GroupBatch, Any], CreditOutput]
+REFINERS: Registry[RefineFn] = Registry("credit refiner")
+"""Post-processors ``fn(out, batch, cfg) -> CreditOutput`` of an upstream `CreditOutput` (e.g. DelTA's ``"delta"``),
+each with its config class as ``fn.config_cls``."""
+
+
+def register_refiner(name: str, config_cls: type, *, overwrite: bool = False) -> Callable[[RefineFn], RefineFn]:
+    """Decorator: register a refiner ``fn(out, batch, cfg)`` under ``name`` with its config dataclass."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"register_refiner({name!r}): config_cls must be a dataclass, got {config_cls!r}.")
+
+    def deco(fn: RefineFn) -> RefineFn:
+        fn.config_cls = config_cls  # type: ignore[attr-defined]
+        REFINERS.add(name, fn, overwrite=overwrite)
+        return fn
+
+    return deco
+
+
+def refine(name: str, out: CreditOutput, batch: GroupBatch, **overrides: Any) -> CreditOutput:
+    """Apply refiner ``name`` (e.g. ``"delta"``) to an upstream `CreditOutput`, config built from ``overrides``."""
+    fn = REFINERS[name]
+    cls = fn.config_cls  # type: ignore[attr-defined]
+    known = {f for f in cls.__dataclass_fields__}
+    bad = [k for k in overrides if k not in known]
+    if bad:
+        raise ConfigError(
+            f"unknown option(s) {bad} for refiner {name!r}; known options: {', '.join(sorted(known))}."
+        )
+    with torch.no_grad():
+        return fn(out, batch, cls(**overrides))
 
 
 def make_config(name: str, **overrides: Any) -> Any:

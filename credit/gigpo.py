@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
 from turngym.credit.base import ANCHOR_KEY, CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import group_norm_masked, group_norm_with_stats, reverse_discounted_cumsum
 

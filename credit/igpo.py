@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
 from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import (
     composite_key,
@@ -167,7 +168,7 @@ def igpo_turn_advantages(ig: Tensor, outcome: Tensor, group_index: Tensor, turn_
     return reverse_discounted_cumsum(rhat, turn_mask, cfg.gamma).float(), r, st
 
 
-@register_credit("igpo", IGPOConfig)
+@register_credit("igpo", IGPOConfig, signals=("gold_probe",))
 def igpo(batch: GroupBatch, cfg: IGPOConfig) -> CreditOutput:
     """IGPO: information-gain turn rewards + outcome, group-normalised, discounted to turn advantages (§4.1).
 
@@ -249,7 +250,7 @@ def a2tgpo_turn_advantages(ig: Tensor, outcome: Tensor, group_index: Tensor, tur
     return a_turn.float(), c_turn.float(), {"turn_group": st_turn, "group": st_out}
 
 
-@register_credit("a2tgpo", A2TGPOConfig)
+@register_credit("a2tgpo", A2TGPOConfig, signals=("gold_probe",))
 def a2tgpo(batch: GroupBatch, cfg: A2TGPOConfig) -> CreditOutput:
     """A²TGPO: turn-group-normalised IG, variance-rescaled accumulation, adaptive turn clip (spec §4.2).
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
 from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import (
     composite_key,
@@ -221,7 +222,7 @@ def matchtir_turn_advantages(r_turn: Tensor, turn_mask: Tensor, group_index: Ten
     return adv.float(), {"group": st_traj, "turn_group": st_turn}
 
 
-@register_credit("matchtir", MatchTIRConfig)
+@register_credit("matchtir", MatchTIRConfig, signals=("tool_match",))
 def matchtir(batch: GroupBatch, cfg: MatchTIRConfig) -> CreditOutput:
     """MatchTIR dual-level advantage from the per-turn ``match_r`` rewards. Token ratio.
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
 from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import group_norm_with_stats
 

@@ -11,6 +11,15 @@ Providers that need a model or a service receive it as a callable and import no 
 A callable that raises, or returns something of the wrong shape, makes the provider raise `SignalError`: never
 silent zeros. Data that is simply absent (no gold answer for a task) leaves the signal missing (NaN in the batch).
 Every provider is ``provider(trajs) -> trajs`` (filled in place) and has a ``name``.
+
+Credit methods declare the providers they need by name (``register_credit(..., signals=("gold_probe",))``):
+`SIGNAL_PROVIDERS` maps each name to a factory ``factory(ctx: SignalContext) -> SignalProvider`` and
+`build_providers` instantiates a method's declared providers, in order, from one `SignalContext` (what the trainer
+can hand over: the probe scorer, the tokenizer, the env's answer template, the model, the credit options). Likewise
+`TOKEN_FEATURES` maps a declared token feature (DelTA's ``"hidden"``) to a builder
+``builder(ctx, batch) -> {key: [B, L, ...] tensor}``; builders that run the model are registered by the trainer
+(``turngym.trainers.common`` registers ``"hidden"``), and `build_token_features` looks them up. Register your own
+with `register_signal_provider` / `register_token_feature`; an unknown name raises `ConfigError` listing the known.
 """
 
 from __future__ import annotations
@@ -18,10 +27,13 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from turngym.credit.base import PROMPT_SIGNALS_KEY
+from torch import Tensor
+
+from turngym.credit.base import PROMPT_SIGNALS_KEY, GroupBatch, credit_needs
 from turngym.credit.matchtir import answer_f1, hard_assignment, similarity_matrix, soft_assignment
 from turngym.credit.siop import (
     Equivalence,
@@ -30,26 +42,34 @@ from turngym.credit.siop import (
     normalize_answer,
     reliability_target,
 )
-
-from turngym.errors import SignalError
+from turngym.errors import ConfigError, SignalError
+from turngym.registry import Registry, unknown_name_message
 from turngym.types import Trajectory
 
 __all__ = [
     "DEFAULT_PROBE_PREFIX",
     "DEFAULT_PROBE_SUFFIX",
+    "SIGNAL_PROVIDERS",
+    "TOKEN_FEATURES",
     "ContinuationScorer",
     "GoldProbeProvider",
     "LLMJudgeProvider",
     "OutcomeClusterProvider",
     "PRMProvider",
+    "RulePRMProvider",
     "RuleStepJudgeProvider",
+    "SignalContext",
     "SignalProvider",
     "SupportProvider",
     "Tokenize",
     "ToolMatchProvider",
+    "build_providers",
+    "build_token_features",
     "gold_token_span",
     "hf_tokenize",
     "parse_judge_score",
+    "register_signal_provider",
+    "register_token_feature",
     "run_providers",
 ]
 
@@ -589,3 +609,147 @@ class PRMProvider:
                     raise SignalError(f"PRMProvider: non-finite PRM value {pr!r}.")
                 trajs[i].turns[k].signals[self.signal] = pr
         return trajs
+
+
+class RulePRMProvider:
+    """PURE's ``prm`` turn signal from the rule judge's ``judge_action`` (PR in {−1, 0, +1}), no PRM model.
+
+    Run it after `RuleStepJudgeProvider`; a turn without ``judge_action`` gets NaN (missing).
+    """
+
+    name = "rule_prm"
+
+    def __init__(self, source: str = "judge_action", signal: str = "prm"):
+        self.source, self.signal = source, signal
+
+    def __call__(self, trajs: list[Trajectory]) -> list[Trajectory]:
+        for t in trajs:
+            for u in t.turns:
+                u.signals[self.signal] = u.signals.get(self.source, math.nan)
+        return trajs
+
+
+# ================================================================================ declared providers and features
+
+
+@dataclass(frozen=True)
+class SignalContext:
+    """What a trainer hands to the factories of `SIGNAL_PROVIDERS` and the builders of `TOKEN_FEATURES`.
+
+    Built once per call of the trainer's ``signal_providers`` / ``token_features``; a factory reads the fields it
+    needs and raises `ConfigError` naming a missing one.
+
+    Attributes:
+        method: The credit method being trained (a `CREDIT` key).
+        options: The credit method's overrides (the trainer's ``credit_overrides``).
+        scorer: `ContinuationScorer` of the behaviour policy π_θold (probe providers), or None.
+        tokenize: `Tokenize` of the policy's tokenizer, or None.
+        answer_prefix: Text before a final answer in the env's own action format (probe pseudo-response).
+        answer_suffix: Text after it.
+        model: The policy model, for builders that run it (e.g. the ``"hidden"`` token feature), or None.
+        chunk_size: Rows per no-grad forward pass of a builder that runs the model.
+    """
+
+    method: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    scorer: ContinuationScorer | None = None
+    tokenize: Tokenize | None = None
+    answer_prefix: str = DEFAULT_PROBE_PREFIX
+    answer_suffix: str = DEFAULT_PROBE_SUFFIX
+    model: Any = None
+    chunk_size: int = 16
+
+    def require(self, who: str, *fields: str) -> None:
+        """Raise `ConfigError` if one of ``fields`` is None (``who`` names the provider or builder)."""
+        missing = [f for f in fields if getattr(self, f) is None]
+        if missing:
+            raise ConfigError(f"{who} (needed by credit method {self.method!r}) needs SignalContext."
+                              f"{', SignalContext.'.join(missing)}; the trainer must provide it.")
+
+
+SignalProviderFactory = Callable[[SignalContext], SignalProvider]
+SIGNAL_PROVIDERS: Registry[SignalProviderFactory] = Registry("signal provider")
+"""name -> ``factory(ctx: SignalContext) -> SignalProvider``; names are what credit methods declare in
+``register_credit(..., signals=...)``."""
+
+TokenFeatureBuilder = Callable[[SignalContext, GroupBatch], Mapping[str, Tensor]]
+TOKEN_FEATURES: Registry[TokenFeatureBuilder] = Registry("token feature")
+"""name -> ``builder(ctx: SignalContext, batch: GroupBatch) -> {key: [B, L, ...] tensor}`` for
+``GroupBatch.token_features``; names are what credit methods declare in ``register_credit(..., token_features=...)``."""
+
+
+def register_signal_provider(name: str, *, overwrite: bool = False):
+    """Decorator: register ``factory(ctx: SignalContext) -> SignalProvider`` under ``name`` in `SIGNAL_PROVIDERS`."""
+    return SIGNAL_PROVIDERS.register(name, overwrite=overwrite)
+
+
+def register_token_feature(name: str, *, overwrite: bool = False):
+    """Decorator: register ``builder(ctx, batch) -> {key: tensor}`` under ``name`` in `TOKEN_FEATURES`."""
+    return TOKEN_FEATURES.register(name, overwrite=overwrite)
+
+
+def _lookup(registry: Registry, name: str, method: str, what: str, hint: str = ""):
+    if name not in registry:
+        raise ConfigError(f"credit method {method!r} declares {what} {name!r}, which is not registered: "
+                          + unknown_name_message(registry.kind, name, registry.names()) + hint)
+    return registry[name]
+
+
+def build_providers(method: str, ctx: SignalContext) -> list[SignalProvider]:
+    """The signal providers credit method ``method`` declares, built from ``ctx``, in the declared order.
+
+    Raises:
+        RegistryError: unknown credit method.
+        ConfigError: a declared name is not in `SIGNAL_PROVIDERS` (the message lists the registered ones), or a
+            factory lacks a field of ``ctx``.
+    """
+    names = credit_needs(method).signals
+    factories = [_lookup(SIGNAL_PROVIDERS, n, method, "signal provider") for n in names]  # all checked first
+    return [f(ctx) for f in factories]
+
+
+def build_token_features(method: str, ctx: SignalContext, batch: GroupBatch) -> dict[str, Tensor]:
+    """The token features credit method ``method`` declares, computed on ``batch`` (``{}`` when it declares none).
+
+    Raises:
+        ConfigError: a declared name is not in `TOKEN_FEATURES` (the message lists the registered ones).
+    """
+    names = credit_needs(method).token_features
+    hint = " Builders that run the model (e.g. 'hidden') are registered by importing turngym.trainers.common."
+    builders = [_lookup(TOKEN_FEATURES, n, method, "token feature", hint) for n in names]
+    out: dict[str, Tensor] = {}
+    for b in builders:
+        out.update(b(ctx, batch))
+    return out
+
+
+@register_signal_provider("gold_probe")
+def _gold_probe(ctx: SignalContext) -> GoldProbeProvider:
+    ctx.require("signal provider 'gold_probe'", "scorer", "tokenize")
+    return GoldProbeProvider(ctx.scorer, ctx.tokenize, prefix=ctx.answer_prefix, suffix=ctx.answer_suffix)
+
+
+@register_signal_provider("tool_match")
+def _tool_match(ctx: SignalContext) -> ToolMatchProvider:
+    return ToolMatchProvider()
+
+
+@register_signal_provider("siop_cluster")
+def _siop_cluster(ctx: SignalContext) -> OutcomeClusterProvider:
+    return OutcomeClusterProvider()
+
+
+@register_signal_provider("siop_support")
+def _siop_support(ctx: SignalContext) -> SupportProvider:
+    ctx.require("signal provider 'siop_support'", "scorer", "tokenize")
+    return SupportProvider(ctx.scorer, ctx.tokenize, prefix=ctx.answer_prefix, suffix=ctx.answer_suffix)
+
+
+@register_signal_provider("rule_judge")
+def _rule_judge(ctx: SignalContext) -> RuleStepJudgeProvider:
+    return RuleStepJudgeProvider()
+
+
+@register_signal_provider("rule_prm")
+def _rule_prm(ctx: SignalContext) -> RulePRMProvider:
+    return RulePRMProvider()

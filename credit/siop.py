@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
+
 from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import group_norm_masked, reverse_discounted_cumsum
 
@@ -192,7 +193,7 @@ def siop_turn_advantages(r: Tensor, turn_mask: Tensor, group_index: Tensor, gamm
     return reverse_discounted_cumsum(rhat, turn_mask, gamma).float(), st
 
 
-@register_credit("siop", SIOPConfig)
+@register_credit("siop", SIOPConfig, signals=("siop_cluster", "siop_support"))
 def siop(batch: GroupBatch, cfg: SIOPConfig) -> CreditOutput:
     """SIOP: verifier-free potential-based turn credit (spec §6). Token ratio.
 

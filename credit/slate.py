@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from turngym.credit.base import CreditOutput, GroupBatch, finish, register_credit
 from turngym.credit.groups import group_norm_with_stats
-
 from turngym.errors import CreditError
 
 __all__ = ["SLATEConfig", "slate_advantages", "slate_selection_probs", "slate_step_rewards"]
@@ -73,7 +73,7 @@ def _row_last(batch: GroupBatch, sig: Tensor) -> Tensor:
     return torch.gather(sig, 1, last[:, None])[:, 0]
 
 
-@register_credit("slate", SLATEConfig)
+@register_credit("slate", SLATEConfig, signals=("rule_judge",))
 def slate(batch: GroupBatch, cfg: SLATEConfig) -> CreditOutput:
     """SLATE sibling advantages over truncated-step candidates; ``ratio_level = "sequence"``.
 

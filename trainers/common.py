@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from turngym.credit.signals import SignalContext, register_token_feature
 from turngym.errors import ConfigError
 from turngym.trainers.config import TrainConfig
 from turngym.types import Trajectory
@@ -310,32 +311,28 @@ def answer_template(cfg: TrainConfig) -> tuple[str, str]:
     return _ANSWER_TEMPLATES[key]
 
 
-def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
-    """The providers a credit method needs, built over the current policy (π_θold at rollout time).
-
-    The gold probe (IGPO / A²TGPO) and SIOP's support score the answer inside the env's own answer format
-    (`answer_template`).
-    """
-    from turngym.credit import signals as sig
+def signal_context(cfg: TrainConfig, s: Setup) -> SignalContext:
+    """The `turngym.credit.signals.SignalContext` the trainer hands to signal-provider factories and token-feature
+    builders: the probe scorer over the current policy (π_θold at rollout time), its tokenizer, the env's answer
+    template (`answer_template`: the gold probe and SIOP's support score the answer in the env's own format), the
+    model and the credit options."""
+    from turngym.credit.signals import hf_tokenize
     from turngym.trainers.probe import probe_scorer
 
-    name = cfg.credit
-    if name in ("igpo", "a2tgpo"):
-        pre, suf = answer_template(cfg)
-        return [sig.GoldProbeProvider(probe_scorer(s.model, s.pad_id), sig.hf_tokenize(s.tokenizer),
-                                      prefix=pre, suffix=suf)]
-    if name == "matchtir":
-        return [sig.ToolMatchProvider()]
-    if name == "siop":
-        pre, suf = answer_template(cfg)
-        return [sig.OutcomeClusterProvider(), sig.SupportProvider(probe_scorer(s.model, s.pad_id),
-                                                                   sig.hf_tokenize(s.tokenizer), prefix=pre,
-                                                                   suffix=suf)]
-    if name == "slate":
-        return [sig.RuleStepJudgeProvider()]
-    if name == "pure":  # no PRM model on the built-in envs: the rule judge's step score is the PR value
-        return [sig.RuleStepJudgeProvider(), rule_prm]
-    return []
+    pre, suf = answer_template(cfg)
+    return SignalContext(method=cfg.credit, options=dict(cfg.credit_overrides), scorer=probe_scorer(s.model, s.pad_id),
+                         tokenize=hf_tokenize(s.tokenizer), answer_prefix=pre, answer_suffix=suf, model=s.model)
+
+
+def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
+    """The providers credit method ``cfg.credit`` declares (``register_credit(..., signals=...)``), in order, built
+    from `signal_context` (`turngym.credit.signals.build_providers`); ``[]`` when it declares none."""
+    from turngym.credit import credit_needs
+    from turngym.credit.signals import build_providers
+
+    if not credit_needs(cfg.credit).signals:
+        return []
+    return build_providers(cfg.credit, signal_context(cfg, s))
 
 
 def overlong_shaping(cfg: TrainConfig, batch: Any) -> dict[str, float]:
@@ -356,29 +353,35 @@ def overlong_shaping(cfg: TrainConfig, batch: Any) -> dict[str, float]:
     return {"dapo/overlong_penalty": float(pen.mean())}
 
 
-def rule_prm(trajs: list[Trajectory]) -> list[Trajectory]:
-    """PURE's ``prm`` turn signal from the rule judge's ``judge_action`` (PR in {-1, 0, +1}), no PRM model."""
-    for t in trajs:
-        for u in t.turns:
-            u.signals["prm"] = u.signals.get("judge_action", math.nan)
-    return trajs
-
-
 @torch.no_grad()
 def token_features(cfg: TrainConfig, s: Setup, batch: Any, chunk_size: int = 16) -> dict[str, torch.Tensor]:
-    """Per-token inputs a credit method reads from ``GroupBatch.token_features``; DelTA (``credit=delta``) reads
-    the policy's last hidden state ``[B, L, H]`` (the lm_head input that scores each response token)."""
-    if cfg.credit != "delta":
+    """Per-token inputs credit method ``cfg.credit`` declares (``register_credit(..., token_features=...)``), for
+    ``GroupBatch.token_features`` (`turngym.credit.signals.build_token_features`); ``{}`` when it declares none."""
+    from turngym.credit import credit_needs
+    from turngym.credit.signals import build_token_features
+
+    if not credit_needs(cfg.credit).token_features:
         return {}
+    ctx = SignalContext(method=cfg.credit, options=dict(cfg.credit_overrides), model=s.model, chunk_size=chunk_size)
+    return build_token_features(cfg.credit, ctx, batch)
+
+
+@register_token_feature("hidden")
+@torch.no_grad()
+def hidden_feature(ctx: SignalContext, batch: Any) -> dict[str, torch.Tensor]:
+    """DelTA's ``"hidden"`` token feature: the policy's last hidden state ``[B, L, H]`` at each response position (the
+    lm_head input that scores each response token), under ``ctx.options["hidden_key"]`` (default ``"hidden"``)."""
     from turngym.trainers.forward import chunk_logprobs, iter_chunks
 
-    was_training = s.model.training
-    s.model.eval()
+    ctx.require("token feature 'hidden'", "model")
+    model = ctx.model
+    was_training = model.training
+    model.eval()
     hidden = None
-    for chunk in iter_chunks(batch, torch.arange(batch.batch_size, device=batch.response_ids.device), chunk_size):
-        _, _, h = chunk_logprobs(s.model, chunk, with_hidden=True)  # [b, l, H]
+    for chunk in iter_chunks(batch, torch.arange(batch.batch_size, device=batch.response_ids.device), ctx.chunk_size):
+        _, _, h = chunk_logprobs(model, chunk, with_hidden=True)  # [b, l, H]
         if hidden is None:
             hidden = torch.zeros((*batch.response_ids.shape, h.shape[-1]), dtype=torch.float32, device=h.device)
         hidden[chunk.rows, : chunk.length] = h.float()
-    s.model.train(was_training)
-    return {cfg.credit_overrides.get("hidden_key", "hidden"): hidden}
+    model.train(was_training)
+    return {ctx.options.get("hidden_key", "hidden"): hidden}

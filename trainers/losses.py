@@ -2,7 +2,8 @@
 
 Everything here is a stateless function of tensors (spec ``credit.md`` §3): the clipped PPO/GRPO surrogate with
 per-token clip scale, dual clip and token / turn / sequence importance ratios; the loss-aggregation modes of the
-``LOSS_AGG`` registry; KL estimators (``KL_ESTIMATORS``) used as a loss term or as a reward penalty; entropy from
+``LOSS_AGG`` registry; the KL loss term (estimators ``KL_ESTIMATORS``, ``kl_penalty`` and ``kl_penalty_rewards`` live in
+`turngym.credit.kl`, the project's one KL implementation, and are re-exported here); entropy from
 logits; the clipped value loss; DAPO's overlong reward shaping; and memory-light per-token log-probs from logits.
 
 Shapes: ``B`` rows (trajectories), ``L`` response tokens, ``V`` vocabulary. All token tensors are ``[B, L]`` and
@@ -20,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from turngym.credit.kl import KL_ESTIMATORS, kl_penalty, kl_penalty_rewards
 from turngym.registry import Registry
 
 __all__ = [
@@ -170,98 +172,6 @@ def agg_loss(
     _check_same_shape("values", values, mask=mask)
     fn = LOSS_AGG[agg]
     return fn(values, _as_bool(mask), norm_len=norm_len, global_tokens=global_tokens, global_seqs=global_seqs)
-
-
-# ------------------------------------------------------------------------------------------------------- KL estimators
-
-#: KL estimators (spec §3.1), ``fn(logp[B, L], ref_logp[B, L]) -> [B, L]`` with ``Δ = logp - ref_logp``.
-KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estimator")
-
-_K3_CLAMP = 10.0
-
-
-def _k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    return logp - ref_logp
-
-
-def _k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    return 0.5 * (logp - ref_logp).square()
-
-
-def _k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    d = logp - ref_logp
-    return torch.clamp(torch.exp(-d) + d - 1.0, min=-_K3_CLAMP, max=_K3_CLAMP)
-
-
-def _straight_through(value_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    def fn(logp: Tensor, ref_logp: Tensor) -> Tensor:
-        k2 = _k2(logp, ref_logp)
-        return k2 - k2.detach() + value_fn(logp, ref_logp).detach()
-
-    return fn
-
-
-for _name, _fn in {
-    "k1": _k1,
-    "kl": _k1,
-    "k2": _k2,
-    "mse": _k2,
-    "k3": _k3,
-    "low_var_kl": _k3,
-    "k1+": _straight_through(_k1),
-    "k3+": _straight_through(_k3),
-    "low_var_kl+": _straight_through(_k3),
-}.items():
-    KL_ESTIMATORS.add(_name, _fn)
-
-
-def kl_penalty(logp: Tensor, ref_logp: Tensor, kl_type: str = "k3") -> Tensor:
-    """Per-token KL estimate between the current and the reference policy.
-
-    With ``Δ = logp − ref_logp``: ``k1 = Δ``, ``k2 = ½Δ²``, ``k3 = exp(−Δ) + Δ − 1`` clamped to [−10, 10] (verl's
-    ``low_var_kl``). The ``+`` variants (``k1+``, ``k3+``) return the k1/k3 value with the k2 gradient
-    (straight-through: ``k2 − sg(k2) + sg(k)``).
-
-    Args:
-        logp: Current log-probs ``[B, L]``.
-        ref_logp: Reference-policy log-probs ``[B, L]``.
-        kl_type: A ``KL_ESTIMATORS`` name.
-
-    Returns:
-        ``[B, L]`` per-token estimates (unmasked).
-    """
-    _check_same_shape("logp", logp, ref_logp=ref_logp)
-    return KL_ESTIMATORS[kl_type](logp, ref_logp)
-
-
-@torch.no_grad()
-def kl_penalty_rewards(
-    token_rewards: Tensor,
-    logp: Tensor,
-    ref_logp: Tensor,
-    action_mask: Tensor,
-    *,
-    kl_coef: float,
-    kl_type: str = "k1",
-) -> tuple[Tensor, Tensor]:
-    """KL as a reward penalty (PPO style, ``use_kl_in_reward``): ``r_t ← r_t − β·k_t`` on every policy token.
-
-    Args:
-        token_rewards: ``[B, L]`` token rewards.
-        logp: Behaviour/current log-probs ``[B, L]`` (usually the rollout's old log-probs).
-        ref_logp: Reference log-probs ``[B, L]``.
-        action_mask: Policy-token mask ``[B, L]``.
-        kl_coef: β ≥ 0.
-        kl_type: A ``KL_ESTIMATORS`` name (``k1`` in verl).
-
-    Returns:
-        ``(rewards [B, L], kl [B, L])``; both are 0 off the policy tokens' KL (rewards keep their other entries).
-    """
-    _check_2d("token_rewards", token_rewards)
-    _check_same_shape("token_rewards", token_rewards, logp=logp, ref_logp=ref_logp, action_mask=action_mask)
-    mask = _as_bool(action_mask)
-    kl = torch.where(mask, kl_penalty(logp.float(), ref_logp.float(), kl_type), 0.0)
-    return token_rewards - kl_coef * kl, kl
 
 
 # ------------------------------------------------------------------------------------------------------ policy surrogate

@@ -1,5 +1,6 @@
-"""Tests of turngym.credit.token: spec worked examples (§3.2, §9.1, §9.2, §9.3, §9.5), slow loop references vs the
-vectorised functions on random ragged batches (hypothesis), invariants of spec §13, registry integration."""
+"""Tests of the token-level methods (turngym.credit.gae, tempo, pure, delta): spec worked examples (§3.2, §9.1, §9.2,
+§9.3, §9.5), slow loop references vs the vectorised functions on random ragged batches (hypothesis), invariants of
+spec §13, registry integration."""
 
 from __future__ import annotations
 
@@ -9,19 +10,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turngym.credit import CREDIT, GroupBatch, assign_credit
-from turngym.credit.token import (
-    REFINERS,
-    delta_coefficients,
-    gae_advantages,
-    prefix_tree_values,
-    pure_advantages,
-    pure_step_rewards,
-    refine,
-    tempo_deltas,
-    whiten,
-)
 
+from turngym.credit import CREDIT, REFINERS, GroupBatch, assign_credit, refine
+from turngym.credit.delta import delta_coefficients
+from turngym.credit.gae import gae_advantages, whiten
+from turngym.credit.pure import pure_advantages, pure_step_rewards
+from turngym.credit.tempo import prefix_tree_values, tempo_deltas
 from turngym.errors import ConfigError, CreditError
 from turngym.types import Trajectory, Turn
 

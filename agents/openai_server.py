@@ -4,7 +4,8 @@ Serves ``GET /v1/models`` and ``POST /v1/completions`` on a loopback address wit
 threaded HTTP server. Prompts may be text, one list of token ids, or a list of either; the response follows
 the OpenAI completions schema plus vLLM's extensions: ``logprobs.tokens`` as ``"token_id:<id>"`` when
 ``return_tokens_as_token_ids`` is set, ``token_ids`` per choice when ``return_token_ids`` is set, and
-``logprobs.token_logprobs`` with the policy's log-probs (for `HFPolicy` the raw model log-probs).
+``logprobs.token_logprobs`` with the policy's log-probs (for `HFPolicy` those of the tempered distribution
+``softmax(logits / temperature)``, raw when greedy; `turngym.agents.policy`).
 
 Run it::
 

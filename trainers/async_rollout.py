@@ -13,7 +13,9 @@ Importance correction: each `Turn.logprobs` holds the BEHAVIOUR policy's log-pro
 ``b``), and `GroupBatch.from_trajectories` turns them into ``old_logprobs``; the clipped surrogate of
 `turngym.trainers.losses.policy_loss` therefore uses the ratio ``π_θ / π_b`` with the behaviour policy as the
 "old" policy (decoupled / off-policy PPO as in AReaL and verl's one-step-off-policy mode). Trainers must not
-recompute ``old_logprobs`` with the current weights in async mode: that would drop the correction.
+recompute ``old_logprobs`` with the current weights in async mode: that would drop the correction. Any
+``temperature`` works: both producers sample with ``common.sampling_params(cfg)``, and the sampler records the
+log-probs of ``softmax(logits / temperature)``, the tempered policy the learner trains (`turngym.agents.policy`).
 
 Per sample, ``Trajectory.meta["policy_version"]`` is the behaviour version and ``Trajectory.meta["staleness"]``
 the learner version minus it at admission time.

@@ -560,12 +560,6 @@ def _check_async(c: TrainConfig) -> str:
             f"max_staleness={c.max_staleness} (async rollouts) with algo='multi': the multi-agent trainer samples "
             "synchronously. Fix: max_staleness=0, or algo=grpo / algo=ppo."
         )
-    if c.max_staleness and c.temperature != 1.0:
-        return (
-            f"max_staleness={c.max_staleness} (async rollouts) with temperature={c.temperature}: the behaviour "
-            "log-probs come from the sampler, which records the raw model's (temperature 1), not the tempered "
-            "policy's. Fix: temperature=1.0, or max_staleness=0."
-        )
     if c.max_staleness and c.dynamic_sampling:
         return (
             f"max_staleness={c.max_staleness} (async rollouts) with dynamic_sampling=true: the async producer samples "

@@ -245,8 +245,8 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
     metrics |= common.overlong_shaping(cfg, batch)
     metrics["perf/pack_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # samplers record the raw model's log-probs; a tempered policy (temperature != 1) is rescored at its temperature
-    if batch.old_logprobs is None or cfg.temperature != 1.0:
+    # samplers record log softmax(logits / temperature), the policy trained: rescored only when a sampler gave none
+    if batch.old_logprobs is None:
         if producer is not None:  # the current weights are not the behaviour policy: the ratio would be wrong
             raise RuntimeError("async rollouts (max_staleness > 0) need the sampler's log-probs, but some turns "
                                "have none. Fix: a sampler that records log-probs, or max_staleness=0.")

@@ -375,7 +375,7 @@ def learner_step(cfg: TrainConfig, ln: Learner, trajs: list[Trajectory]) -> dict
 
     run_providers(trajs, common.signal_providers(cfg, ln.setup))
     batch = GroupBatch.from_trajectories(trajs, pad_id=ln.setup.pad_id).to(ln.setup.device)
-    if batch.old_logprobs is None or cfg.temperature != 1.0:  # sampler log-probs are the raw model's
+    if batch.old_logprobs is None:  # the sampler's are already at cfg.temperature (turngym.agents.policy)
         batch.old_logprobs = batch_logprobs(ln.model, batch, temperature=cfg.temperature)
     overrides = {k: v for k, v in cfg.credit_overrides.items()}
     out = assign_credit(cfg.credit, batch, **overrides)

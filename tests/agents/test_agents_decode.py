@@ -17,6 +17,7 @@ from turngym.agents.policy import (
     _compact,
     sample_tokens,
     score_sequence,
+    tempered_logprobs,
 )
 from turngym.agents.render import Renderer
 from turngym.agents.rollout import collect_rollouts
@@ -190,7 +191,7 @@ def test_sampler_draws_the_processed_distribution(T, top_k, top_p):
     p = _target(logits.numpy(), T, top_k, top_p)
     params = SamplingParams(temperature=T, top_k=top_k, top_p=top_p)
     u = torch.rand(N, generator=g, dtype=torch.float64)
-    logp = torch.log_softmax(logits, -1).expand(N, V)
+    logp = tempered_logprobs(logits, params).expand(N, V)  # what HFPolicy passes: log softmax(logits / T)
     tok = sample_tokens(logits.expand(N, V), params, u, logp=logp)
     counts = np.bincount(tok.numpy(), minlength=V)
     assert counts[p == 0].sum() == 0  # what top-k / top-p drop is never drawn

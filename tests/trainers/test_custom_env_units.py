@@ -57,7 +57,7 @@ def test_no_expert_turns_sft_off_with_one_note(tmp_path, monkeypatch):
     out = prepare_config(cfg, say=notes.append)
     assert out.sft_steps == 0 and out.pretrain_steps == 0 and cfg.sft_steps > 0
     assert out.env_id == f"{tmp_path / 'noexp.py'}:NoExpertEnv"
-    assert len(notes) == 1 and "no scripted expert" in notes[0] and "model=smollm2-135m" in notes[0]
+    assert len(notes) == 1 and "no scripted expert" in notes[0] and "docs/custom_env.md" in notes[0]
 
 
 def test_tiny_tokenizer_text_without_an_expert(tmp_path):

@@ -10,7 +10,7 @@ Algorithm (one step):
    (``V_old [B, L]``, `turngym.trainers.critic`): ``critic="head"`` is a linear head on the policy's final hidden
    state, ``critic="separate"`` a copy of the policy's network with its own head. Only policy tokens are read.
 4. **Credit**: ``gae`` (spec §3.2) or ``ppo-bad`` (spec §9.5, POAD/BAD: no discount inside a turn, ``gamma`` once
-   per turn crossing) from ``credit/token.py``: token rewards (outcome on the last policy token, optional per-turn
+   per turn crossing) from ``credit/gae.py``: token rewards (outcome on the last policy token, optional per-turn
    rewards, optional ``-kl_coef * k`` per token when ``kl_in_reward``), TD errors over policy tokens only
    (observation tokens are skipped, not zero-reward steps), advantages whitened over the batch's policy tokens,
    returns ``A + V_old`` as critic targets.

@@ -39,6 +39,10 @@ class Registry(Generic[T]):
             raise RegistryError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it.")
         self._items[name] = obj
 
+    def remove(self, name: str) -> T | None:
+        """Unregister ``name`` (e.g. a test's or a plugin's temporary entry); returns what was there, or None."""
+        return self._items.pop(name, None)
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._items[name]

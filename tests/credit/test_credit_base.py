@@ -113,4 +113,4 @@ def test_register_and_output_check():
         with pytest.raises(CreditError, match="non-finite"):
             check_output(b, bad)
     finally:
-        CREDIT._items.pop("_test_leaky", None)
+        CREDIT.remove("_test_leaky")

@@ -82,11 +82,11 @@ def fresh():
 
 @pytest.fixture
 def scratch():
-    """Names registered by a test, removed afterwards (`Registry` has no public removal)."""
+    """Names registered by a test, removed afterwards."""
     added: list[tuple] = []
     yield added
     for registry, name in added:
-        registry._items.pop(name, None)
+        registry.remove(name)
 
 
 def test_unknown_declared_provider_lists_the_registered_ones(scratch):

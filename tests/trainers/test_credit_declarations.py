@@ -41,11 +41,11 @@ def fake_setup(model=None) -> common.Setup:
 
 @pytest.fixture
 def scratch():
-    """``(registry, name)`` pairs registered by a test, removed afterwards (`Registry` has no public removal)."""
+    """``(registry, name)`` pairs registered by a test, removed afterwards."""
     added: list[tuple] = []
     yield added
     for registry, name in added:
-        registry._items.pop(name, None)
+        registry.remove(name)
 
 
 @pytest.mark.parametrize("method", CREDIT.names())

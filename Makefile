@@ -32,6 +32,7 @@ demo: $(VENV)/.installed
 	$(BIN)/turngym train
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 	RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "credit"))
 
 import credit_reference as ref
+
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.base import PROMPT_SIGNALS_KEY
 from turngym.credit.gigpo import GiGPOConfig, _anchor_text
-
 from turngym.types import Trajectory, Turn
 
 

@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def readme_example() -> str:
     text = README.read_text(encoding="utf-8")
     section = text.split("## Define your own env and tool", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, "README lost its 'Define your own env and tool' python block"
     return match.group(1)
 
@@ -28,7 +28,7 @@ def test_readme_example_runs_and_solves_its_task():
     gold = env.task.gold_answer
     assert results[0].output == gold and gold in ("paris", "lima")
     assert ns["terminated"] is False
-    msgs, reward, terminated, truncated, info = env.step(f"<answer>{gold}</answer>")
+    _msgs, reward, terminated, truncated, info = env.step(f"<answer>{gold}</answer>")
     assert terminated and not truncated
     assert info["success"] is True and reward == 1.0
 
@@ -37,7 +37,7 @@ def test_readme_two_agent_env_is_the_tested_example():
     """The README's multi-agent class is the one `examples/two_agent_env.py` defines (run by tests/multi)."""
     text = README.read_text(encoding="utf-8")
     section = text.split("## Multi-agent experiments", 1)[1]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     example = (README.parent / "examples" / "two_agent_env.py").read_text(encoding="utf-8")
     start = block.index("COLOURS = (")
     cls = block[start: block.index('turngym.register("example/SpeakerListener-v0"')].strip()

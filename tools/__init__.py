@@ -20,7 +20,6 @@ from turngym.tools.parsers import (
     loads_lenient,
 )
 from turngym.tools.toolset import ToolSet
-
 from turngym.types import ToolCall, ToolResult
 
 __all__ = [

@@ -13,10 +13,9 @@ there is any, after a ``[stderr]`` line).
 
 from __future__ import annotations
 
+from turngym.errors import ToolError
 from turngym.tools.base import Tool
 from turngym.tools.sandbox.base import Sandbox
-
-from turngym.errors import ToolError
 from turngym.types import ToolResult
 
 __all__ = ["make_python_tool"]

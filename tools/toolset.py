@@ -30,10 +30,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from turngym.tools.base import Tool, describe_parameters, validate_arguments
-
 from turngym.errors import ToolError
 from turngym.registry import unknown_name_message
+from turngym.tools.base import Tool, describe_parameters, validate_arguments
 from turngym.types import ToolCall, ToolResult
 
 __all__ = ["ToolSet"]

@@ -31,7 +31,9 @@ _LAZY = {
 }
 
 __all__ = [
-    "Message", "ToolCall", "ToolResult", "Trajectory", "Turn", "read_jsonl", "write_jsonl", *_LAZY,
+    # the core types and every lazy name of _LAZY (tests/core/test_package_api.py checks)
+    "Env", "Message", "ToolCall", "ToolResult", "ToolSet", "Trajectory", "Turn",
+    "check_env", "list_envs", "make", "read_jsonl", "register", "tool", "train", "write_jsonl",
 ]
 
 

@@ -7,7 +7,8 @@ a decorator; an unknown key lists the known ones and suggests the closest.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from turngym.errors import RegistryError
 

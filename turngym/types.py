@@ -12,9 +12,10 @@ ids stay ints, log-probs stay floats (JSON floats round-trip exactly in Python),
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 Message = dict[str, Any]
 """A chat message: ``{"role": ..., "content": ...}`` plus optional ``tool_calls`` / ``name``."""

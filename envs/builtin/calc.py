@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from turngym.envs.core import Env, Score, Task, token_f1
 
+from turngym.envs.core import Env, Score, Task, token_f1
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 

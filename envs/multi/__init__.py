@@ -20,8 +20,8 @@ Every id takes ``api="aec"`` or ``api="parallel"``; the other view comes from Pe
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec, turn_based_aec_to_parallel

@@ -21,8 +21,8 @@ cooperative envs), ``meta`` = the task metadata.
 from __future__ import annotations
 
 import copy
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from pettingzoo import AECEnv, ParallelEnv
 

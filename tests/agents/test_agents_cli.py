@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from turngym.evaluate import eval_main, rollout_main
 from turngym.errors import ConfigError
+from turngym.evaluate import eval_main, rollout_main
 from turngym.types import read_jsonl
 
 ENV_ID = "search/HopQA-v0"

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from turngym.credit.base import PROMPT_SIGNALS_KEY, GroupBatch
-
 from turngym.types import Trajectory, Turn
 
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 from credit_helpers import make_traj
+
 from turngym.credit import CREDIT, CreditOutput, GroupBatch, assign_credit, make_config, register_credit
 from turngym.credit.base import check_output
-
 from turngym.errors import ConfigError, CreditError, RegistryError
 from turngym.types import Trajectory, Turn
 

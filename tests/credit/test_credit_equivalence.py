@@ -27,9 +27,9 @@ from credit_reference import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.gigpo import GiGPOConfig, _anchor_text
-
 from turngym.errors import CreditError
 
 torch.set_num_threads(1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from credit_helpers import batch_of, make_traj
+
 from turngym.credit import assign_credit
 from turngym.credit.matchtir import hard_assignment, similarity_matrix, sinkhorn_plan, soft_assignment
 from turngym.credit.siop import reliability_target

@@ -10,6 +10,7 @@ import torch
 from credit_reference import ref_cumsum, ref_group_norm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from turngym.credit.groups import (
     broadcast,
     group_norm,

@@ -13,9 +13,9 @@ from credit_helpers import batch_of, make_traj, random_trajs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.matchtir import hard_assignment, sinkhorn_plan
-
 from turngym.errors import CreditError
 
 torch.set_num_threads(1)

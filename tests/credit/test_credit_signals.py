@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.signals import (
     GoldProbeProvider,
@@ -20,7 +21,6 @@ from turngym.credit.signals import (
     parse_judge_score,
 )
 from turngym.credit.siop import JudgeEquivalence, NormalizedStringEquivalence
-
 from turngym.errors import SignalError
 from turngym.types import ToolCall, ToolResult, Trajectory, Turn
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from turngym.envs.core import Env, Task
 
+from turngym.envs.core import Env, Task
 from turngym.types import ToolCall
 
 WORDS = ["lomira", "varton", "zentrix", "qualex", "nimbus", "orbit"]

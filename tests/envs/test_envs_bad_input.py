@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 import turngym.envs as E
 
 BUILTINS = ["search/HopQA-v0", "tool/Calc-v0", "code/PyTask-v0"]

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import turngym.envs as E
-from turngym.tools.calculator import evaluate
 
+import turngym.envs as E
 from turngym.errors import ConfigError
+from turngym.tools.calculator import evaluate
 
 
 @pytest.fixture(scope="module")

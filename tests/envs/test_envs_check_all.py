@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 import turngym.envs as E
 from turngym.envs.checker import CHECKS, EnvCheckError, check_env
-
 
 #: Smaller settings for ids whose default makes the check slow (TextWorld compiles each game, ~3 s a game).
 KWARGS = {"text/": {"games": 3}}

@@ -5,10 +5,10 @@ import re
 
 import numpy as np
 import pytest
+
 import turngym.envs as E
 from turngym.envs.builtin.hopqa import HopQAEnv
 from turngym.envs.builtin.world import RELATIONS, generate_world, question_text
-
 from turngym.errors import ConfigError
 
 

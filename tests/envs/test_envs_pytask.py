@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+
 import turngym.envs as E
 from turngym.envs.builtin.pytask import TEMPLATES, PyTaskEnv
+from turngym.errors import ConfigError
 from turngym.tools.sandbox import make_sandbox
 from turngym.tools.sandbox.base import Sandbox, SandboxResult
-
-from turngym.errors import ConfigError
 
 
 class InProcessSandbox(Sandbox):

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+
 import turngym.envs as E
 from turngym.envs.registration import parse_env_id, register, registry
 from turngym.envs.wrappers import MaxTurns
-
 from turngym.errors import RegistryError
 
 

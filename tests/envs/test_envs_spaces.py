@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gymnasium.spaces import Text
+
 from turngym.envs.spaces import ChatSpace, TextSpace
 
 

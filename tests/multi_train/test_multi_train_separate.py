@@ -25,8 +25,8 @@ class ParityTeam(TextAECEnv):
     """``speaker_0`` writes anything; ``listener_0`` reads it and writes anything; the team wins when the two texts'
     lengths add up to an even number (a cooperative game any random policy wins about half the time)."""
 
-    possible_agents = ["speaker_0", "listener_0"]  # noqa: RUF012 - the PettingZoo attribute
-    metadata = {"name": "parity_team_v0", "render_modes": ["ansi"], "is_parallelizable": False}  # noqa: RUF012
+    possible_agents = ["speaker_0", "listener_0"]
+    metadata = {"name": "parity_team_v0", "render_modes": ["ansi"], "is_parallelizable": False}
 
     def _start(self, rng, options):
         self.send("speaker_0", "Say something to your partner.", role="system")

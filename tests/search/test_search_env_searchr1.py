@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
+
 from turngym.envs.builtin.searchr1 import SearchR1Env, demo_data, load_dataset
 from turngym.envs.checker import check_env
 from turngym.envs.registration import make
+from turngym.errors import ConfigError
 from turngym.tools.search import BM25Index
 from turngym.tools.search.server import RetrieverServer
-
-from turngym.errors import ConfigError
 
 ROWS = [
     {

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 from search_helpers import FaultServer, free_port, start_server_process
+
 from turngym.tools.search import RetrieverClient, RetrieverError, make_search_tool
 from turngym.tools.toolset import ToolSet
-
 from turngym.types import ToolCall
 
 BACKOFF = 0.05

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from turngym.tools.search import BM25Index, Hit, read_corpus, synthetic_corpus, write_corpus
-from turngym.tools.search.corpus import sample_queries
 
 from turngym.errors import ConfigError
+from turngym.tools.search import BM25Index, Hit, read_corpus, synthetic_corpus, write_corpus
+from turngym.tools.search.corpus import sample_queries
 
 DOCS = [
     {"id": "paris", "contents": '"Paris"\nParis is the capital and largest city of France.'},

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from turngym.tools.base import Tool
 from turngym.tools.search import BM25Index, Hit, RetrieverClient, format_hits_searchr1, make_search_tool
 from turngym.tools.toolset import ToolSet
-
 from turngym.types import ToolCall
 
 DOCS = [

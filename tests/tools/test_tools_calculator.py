@@ -6,6 +6,7 @@ import math
 import time
 
 import pytest
+
 from turngym.tools import ToolCall, ToolSet
 from turngym.tools.calculator import CalculatorError, calculator, evaluate, format_number
 

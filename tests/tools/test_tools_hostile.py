@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from tools_sandbox_helpers import BACKENDS, HOSTILE_OUTCOMES, backend_skip_reason
+
 from turngym.tools.sandbox import make_sandbox
 from turngym.tools.sandbox.hostile import HOSTILE_CASES, HostContext, run_case
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from turngym.tools import PARSERS, ToolCall, get_parser, loads_lenient
-from turngym.tools.parsers import repair_json
 
 from turngym.errors import ConfigError, RegistryError
+from turngym.tools import PARSERS, ToolCall, get_parser, loads_lenient
+from turngym.tools.parsers import repair_json
 
 SCHEMAS = [
     {

@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
-from turngym.tools import Tool, ToolCall, ToolResult, ToolSet, tool, validate_arguments
 
 from turngym.errors import ToolError
+from turngym.tools import Tool, ToolCall, ToolResult, ToolSet, tool, validate_arguments
 
 
 @tool

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+
+from turngym.errors import RegistryError
 from turngym.trainers.losses import (
     KL_ESTIMATORS,
     LOSS_AGG,
@@ -19,8 +21,6 @@ from turngym.trainers.losses import (
     token_logprobs,
     value_loss,
 )
-
-from turngym.errors import RegistryError
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
+from turngym.config import ConfigError, load_yaml
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.runlog import (
     METRICS,
@@ -19,8 +21,6 @@ from turngym.trainers.runlog import (
     render_metrics_doc,
     view_run,
 )
-
-from turngym.config import ConfigError, load_yaml
 from turngym.types import Trajectory, Turn
 
 
@@ -175,6 +175,7 @@ def test_credit_diagnostics_are_documented():
     """The standard diagnostics of the credit library, prefixed credit/, are documented keys."""
     credit = pytest.importorskip("turngym.credit.base")
     import torch
+
     from turngym.credit import GroupBatch
 
     trajs = [Trajectory(group_id=f"g{i // 2}", prompt_ids=[1, 2], outcome=float(i % 2),

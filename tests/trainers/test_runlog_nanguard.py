@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from turngym.trainers.nanguard import NanGuard, NonFiniteError, nonfinite_names
 
 

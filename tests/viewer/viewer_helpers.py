@@ -30,7 +30,6 @@ def credited_rollouts(tok, seeds, noise: float, seed: int):
     from turngym.agents.rollout import collect_rollouts
     from turngym.credit import GroupBatch, assign_credit
     from turngym.credit.signals import ToolMatchProvider, run_providers
-
     from turngym.viewer import annotate
 
     trajs = collect_rollouts(ENV_ID, ScriptedPolicy(tok, noise=noise, seed=seed), Renderer(tok), seeds=seeds,

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from turngym.tools.search.index import Hit, _check_queries, _check_topk
 
 from turngym.errors import TurngymError
+from turngym.tools.search.index import Hit, _check_queries, _check_topk
 
 
 class RetrieverError(TurngymError, RuntimeError):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from turngym.tools.search.corpus import Document, as_documents, documents_digest, read_corpus
 
 from turngym.errors import ConfigError
+from turngym.tools.search.corpus import Document, as_documents, documents_digest, read_corpus
 
 _FORMAT_VERSION = 1
 _STOPWORDS = ("en", "none")

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from turngym.tools.base import Tool
 from turngym.tools.search.client import RetrieverError
 from turngym.tools.search.index import Hit, SearchBackend
-
 from turngym.types import ToolResult
 
 MAX_QUERY_CHARS = 1000

@@ -470,8 +470,8 @@ def final_markdown(rows: list[dict[str, Any]], env_id: str, reference: str = "gr
     rows = [r for r in rows if r["env"] == env_id]
     if not rows:
         return []
-    out = [f"Final held-out success (per-task outcomes of every run; mean [95% CI], hierarchical bootstrap over seeds "
-           f"and tasks; Δ = paired difference against {reference}):", "",
+    out = [(f"Final held-out success (per-task outcomes of every run; mean [95% CI], hierarchical bootstrap over seeds "
+            f"and tasks; Δ = paired difference against {reference}):"), "",
            "| method | seeds | T=1 | Δ T=1 vs " + reference + " | greedy | Δ greedy | steps to " + reference
            + "'s final T=1 (x " + reference + ") |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -9,18 +9,21 @@ Inside the script::
 
     info = init_distributed()                        # reads RANK / WORLD_SIZE / LOCAL_RANK set by torchrun
     model = wrap_model(model, "fsdp2", info)         # or "ddp" for small models, "none" on one process
-    metrics = dp_update(cfg, model, optimizer, local_batch, local_credit, info)
+    metrics = update(cfg, model, optimizer, local_batch, local_credit, dist=info)   # turngym.trainers.update
     ...
     destroy_distributed()                            # every rank: barrier, then leave the group
     exit_process(0)                                  # leave without finalizing the interpreter (gloo threads)
 
 Each rank owns the rows of its own groups (``shard_groups``: whole groups, so group baselines need no
-communication). The loss of a minibatch is normalised by the GLOBAL number of policy tokens (``token-mean``) or
-rows (``seq-mean-*``): the local counts are all-reduced (``global_counts``) and passed to
-`turngym.trainers.losses.policy_loss` as ``global_tokens`` / ``global_seqs``, so the local losses *sum* over
-ranks to the loss one process computes on the whole minibatch. DDP and FSDP2 *average* gradients over ranks,
-so each local loss is multiplied by the world size before ``backward``: the synchronised gradient is then
-exactly the single-process gradient (`tests/scale/test_scale_distributed.py` checks both, gloo, 2 processes).
+communication). The update is `turngym.trainers.update.update` with ``dist=info``: the loss of a minibatch is
+normalised by the GLOBAL number of policy tokens (``token-mean``) or rows (``seq-mean-*``), the local counts being
+all-reduced (``global_counts``) and passed to `turngym.trainers.losses.policy_loss` as ``global_tokens`` /
+``global_seqs``, so the local losses *sum* over ranks to the loss one process computes on the whole minibatch.
+DDP and FSDP2 *average* gradients over ranks, so each local loss is multiplied by the world size before
+``backward``: the synchronised gradient is then exactly the single-process gradient
+(`tests/scale/test_scale_distributed.py` checks both, gloo, 2 processes). This module holds the process group,
+the wrapping and the collectives that update uses (``all_reduce``, ``global_counts``, ``no_grad_sync``,
+``dummy_loss``).
 
 Strategies (registry `STRATEGIES`): ``none`` (one process), ``ddp`` (`DistributedDataParallel`, replicated
 weights; best for models that fit one device many times), ``fsdp2`` (``torch.distributed.fsdp.fully_shard``
@@ -31,7 +34,6 @@ gloo (torch 2.13) as well as on CUDA with NCCL.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +45,6 @@ import torch
 
 from turngym.errors import ConfigError
 from turngym.registry import Registry
-from turngym.trainers.schedule import set_lr
 
 _CPU = torch.device("cpu")
 
@@ -301,7 +302,8 @@ def shard_groups(items: Sequence[Any], group_of: Callable[[Any], str], info: Dis
     """This rank's share of ``items``, whole groups only (group ``g`` goes to rank ``g_index % world_size``).
 
     Groups stay whole so group-relative baselines (GRPO) are computed locally without communication. Ranks may
-    get unequal numbers of rows; `dp_update` handles it (global counts, empty minibatches).
+    get unequal numbers of rows; `turngym.trainers.update.update` with ``dist`` handles it (global counts, a
+    zero-loss forward for a rank that has run out of rows).
     """
     order = list(dict.fromkeys(group_of(x) for x in items))
     mine = {g for i, g in enumerate(order) if i % info.world_size == info.rank}
@@ -323,132 +325,12 @@ def max_weight_divergence(model, info: DistInfo) -> float:
     return all_reduce([worst], info, op="max")[0]
 
 
-# ----------------------------------------------------------------------------------------------- update
+# ----------------------------------------------------------------------------------------------- dummy forward
 
 
-def _dummy_loss(model, pad_id: int, device) -> torch.Tensor:
-    """A zero loss through a real forward pass: lets a rank with no rows join the gradient collectives."""
+def dummy_loss(model, pad_id: int, device) -> torch.Tensor:
+    """A zero loss through a real forward pass of the (wrapped) ``model``: lets a rank that has run out of rows join
+    the collectives of a data-parallel update (DDP's gradient all-reduce, FSDP2's all-gathers) with zero gradients."""
     x = torch.full((1, 1), int(pad_id), dtype=torch.long, device=device)
     out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
     return out.logits.float().sum() * 0.0
-
-
-def dp_update(cfg, model, optimizer, batch, out, info: DistInfo, *, chunk_size: int | None = None,
-              pad_id: int = 0) -> dict[str, float]:
-    """Data-parallel version of `turngym.trainers.update.update` over this rank's rows.
-
-    ``batch`` / ``out`` hold THIS rank's rows (`shard_groups`). Per epoch the local rows are permuted and cut into
-    minibatches of ``cfg.minibatch_size // world_size`` rows (at least 1); all ranks run the same number of
-    minibatches (the largest; a rank that has run out contributes a zero loss through a dummy forward). For each
-    minibatch the policy-token and row counts are all-reduced and every chunk's loss is
-    ``policy_loss(..., global_tokens, global_seqs) * world_size``: after the averaging all-reduce of DDP/FSDP2 the
-    gradient is the gradient of the global minibatch loss. A non-finite loss on any rank skips that minibatch on
-    every rank. ``cfg.grad_accum`` minibatches make one optimizer step.
-
-    Args:
-        cfg: Loss settings (a `TrainConfig`).
-        model: The wrapped policy (`wrap_model`).
-        optimizer: Built over the wrapped model's parameters.
-        batch: This rank's `GroupBatch` (with ``old_logprobs``: the behaviour log-probs).
-        out: This rank's `CreditOutput`.
-        info: The process group.
-        chunk_size: Rows per forward pass (default: the local minibatch size).
-        pad_id: Token id of the dummy forward.
-
-    Returns:
-        ``train/*`` metrics, identical on every rank (summed/averaged over ranks).
-    """
-    from turngym.trainers.forward import chunk_logprobs, iter_chunks
-    from turngym.trainers.losses import policy_loss
-    from turngym.trainers.update import resolve_ratio_level
-
-    level = resolve_ratio_level(cfg, out)
-    W = info.world_size
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    device = batch.response_ids.device
-    gen = torch.Generator().manual_seed(cfg.seed + info.rank)
-    local_mb = max(1, cfg.minibatch_size // W)
-    n_local = math.ceil(batch.batch_size / local_mb) if batch.batch_size else 0
-    n_mb = int(all_reduce([n_local], info, op="max")[0])
-    sums = {"loss": 0.0, "pg_loss": 0.0, "clipfrac": 0.0, "ratio_mean": 0.0, "approx_kl": 0.0, "entropy": 0.0}
-    counts = steps = skipped = 0
-    grad_norms: list[float] = []
-    model.train()
-    for _epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(batch.batch_size, generator=gen).to(device)
-        optimizer.zero_grad(set_to_none=True)
-        for mb in range(n_mb):
-            rows = order[mb * local_mb:(mb + 1) * local_mb]
-            mask = batch.action_mask[rows]
-            n_tokens, n_seqs = global_counts(mask, info)
-            if n_tokens == 0:
-                continue  # same decision on every rank: the counts are global
-            chunks = list(iter_chunks(batch, rows, chunk_size or local_mb)) if float(mask.sum()) > 0 else []
-            bad = False
-            local = dict.fromkeys(sums, 0.0)
-            for ci in range(max(len(chunks), 1)):
-                last = ci == max(len(chunks), 1) - 1
-                with no_grad_sync(model, enabled=info.distributed and not last):
-                    if not chunks:
-                        loss = _dummy_loss(model, pad_id, device)
-                    else:
-                        chunk = chunks[ci]
-                        r, sl = chunk.rows, slice(0, chunk.length)
-                        logp, entropy, _ = chunk_logprobs(model, chunk, with_entropy=True,
-                                                          temperature=cfg.temperature)  # [b, l]
-                        loss, m = policy_loss(
-                            logp, batch.old_logprobs[r, sl], out.advantages[r, sl], batch.action_mask[r, sl],
-                            batch.turn_id[r, sl], eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                            clip_scale=None if out.clip_scale is None else out.clip_scale[r, sl],
-                            dual_clip_c=cfg.dual_clip_c, ratio_level=level, agg=cfg.loss_agg,
-                            agg_norm_len=float(cfg.max_traj_tokens), global_tokens=n_tokens, global_seqs=n_seqs,
-                            ref_logp=None if batch.ref_logprobs is None or cfg.kl_in_reward
-                            else batch.ref_logprobs[r, sl],
-                            kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
-                            entropy=entropy, entropy_coef=cfg.entropy_coef,
-                        )
-                        if not torch.isfinite(loss):
-                            bad = True
-                            loss = _dummy_loss(model, pad_id, device)
-                        else:
-                            w = float(batch.action_mask[r, sl].sum()) / n_tokens
-                            for k in ("pg_loss", "clipfrac", "ratio_mean", "approx_kl"):
-                                v = m.get(k)
-                                if isinstance(v, (int, float)) and math.isfinite(v):
-                                    local[k] += w * v
-                            local["loss"] += float(loss.detach())
-                            local["entropy"] += float(entropy.detach()[batch.action_mask[r, sl]].sum()) / n_tokens
-                    (loss * W / cfg.grad_accum).backward()
-            any_bad = all_reduce([float(bad)], info, op="max")[0] > 0
-            if any_bad:
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
-            tot = all_reduce([local[k] for k in sums], info)
-            for k, v in zip(sums, tot):
-                sums[k] += v
-            counts += 1
-            if (mb + 1) % cfg.grad_accum == 0 or mb + 1 == n_mb:
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
-                if torch.isfinite(gn):
-                    set_lr(cfg, optimizer)
-                    optimizer.step()
-                    steps += 1
-                    grad_norms.append(float(gn))
-                else:
-                    skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    n = max(counts, 1)
-    return {
-        "train/loss": sums["loss"] / n if counts else math.nan,
-        "train/pg_loss": sums["pg_loss"] / n,
-        "train/clip_frac": sums["clipfrac"] / n,
-        "train/ratio_mean": sums["ratio_mean"] / n if counts else 1.0,
-        "train/approx_kl": sums["approx_kl"] / n,
-        "train/entropy": sums["entropy"] / n,
-        "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
-        "train/optimizer_steps": float(steps),
-    }
-

@@ -1,10 +1,15 @@
 """Run under ``torchrun --standalone --nproc_per_node 2 scale_dist_worker.py OUT.json`` (gloo, CPU).
 
-Builds a tiny random Llama and a synthetic multi-turn batch of 3 GRPO groups x 2 trajectories. The reference is
-`turngym.trainers.update.update` on ONE process over the whole batch (one minibatch, SGD, no clipping). Then, for
-each (strategy, loss aggregation), every rank trains on its own whole groups (rank 0: 4 rows, rank 1: 2 rows)
-with `dp_update`, and rank 0 writes: the distributed loss, the reference loss, the largest weight difference to
-the reference, the largest weight difference between ranks, and what a LOCAL token mean would have given.
+Builds a tiny random Llama and a synthetic multi-turn batch of 3 GRPO groups x 2 trajectories whose behaviour and
+reference log-probs are the model's own plus a fixed per-token offset (ratios near 1: some tokens inside the clip
+range, some clipped, some dual-clipped). Every loss term is on: entropy bonus, KL to the reference, a per-token
+clip scale (A²TGPO style, 0.5 on turn 0 and 1 on turn 1) with a non-default clip range and dual clip. The
+reference is `turngym.trainers.update.update` on ONE process over the whole batch (one minibatch, SGD). Then, for
+each case (strategy, loss aggregation, rows per forward, gradient clipping), every rank trains on its own whole
+groups (rank 0: 4 rows, rank 1: 2 rows) with ``update(..., dist=info)``, and rank 0 writes: the distributed and
+reference metrics, the largest weight difference to the reference, the largest weight difference between ranks,
+and what a LOCAL token mean would have given. With one row per forward the ranks run 4 and 2 chunks: rank 1 pads
+with zero-loss forwards (FSDP2 all-gathers on every forward).
 
 Teardown: every rank meets at a barrier and destroys the group (`destroy_distributed`), then leaves with
 `exit_process` (``os._exit``): the gloo threads outlive ``destroy_process_group``, and letting the interpreter
@@ -15,6 +20,7 @@ A failing rank prints its traceback and exits 1 without the barrier (torchrun th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import traceback
@@ -34,7 +40,7 @@ def synthetic_trajectories(vocab: int, seed: int = 0):
             for k in range(2):
                 n = int(torch.randint(2, 7, (1,), generator=g))
                 ids = torch.randint(3, vocab, (n,), generator=g).tolist()
-                lps = (-torch.rand(n, generator=g) * 3).tolist()  # behaviour log-probs != current: ratios != 1
+                lps = (-torch.rand(n, generator=g) * 3).tolist()  # replaced in batch_and_credit
                 obs = torch.randint(3, vocab, (3,), generator=g).tolist() if k == 0 else []
                 turns.append(Turn(action_ids=ids, logprobs=lps, obs_ids=obs))
             trajs.append(Trajectory(group_id=f"g{group}", agent_id="agent", prompt_ids=prompt, turns=turns,
@@ -42,11 +48,27 @@ def synthetic_trajectories(vocab: int, seed: int = 0):
     return trajs
 
 
-def batch_and_credit(trajs):
+def batch_and_credit(trajs, base):
+    """The batch with behaviour / reference log-probs near ``base``'s own, and GRPO credit with a clip scale.
+
+    Every per-token value is a function of the row's own tokens, so a rank's rows get the same values as in the
+    whole batch.
+    """
     from turngym.credit import GroupBatch, assign_credit
+    from turngym.trainers.forward import chunk_logprobs, iter_chunks
 
     batch = GroupBatch.from_trajectories(trajs, pad_id=0)
-    return batch, assign_credit("grpo", batch)
+    B, L = batch.response_ids.shape
+    logp = torch.zeros(B, L)
+    with torch.no_grad():
+        for chunk in iter_chunks(batch, torch.arange(B), 1):  # one row per forward: no padding
+            logp[chunk.rows, :chunk.length] = chunk_logprobs(base, chunk)[0]
+    ids, pos, mask = batch.response_ids.float(), torch.arange(L).float(), batch.action_mask
+    batch.old_logprobs = torch.where(mask, logp + 0.3 * torch.sin(3.7 * ids + 1.1 * pos), 0.0)  # ratio 0.74..1.35
+    batch.ref_logprobs = torch.where(mask, logp + 0.2 * torch.cos(2.3 * ids + 0.7 * pos), 0.0)
+    out = assign_credit("grpo", batch)
+    out.clip_scale = torch.where(mask, 0.5 + 0.5 * batch.turn_id.clamp(min=0).float(), 1.0)  # [B, L]
+    return batch, out
 
 
 def main() -> None:
@@ -56,7 +78,6 @@ def main() -> None:
     from turngym.trainers.config import TrainConfig
     from turngym.trainers.distributed import (
         destroy_distributed,
-        dp_update,
         full_state_dict,
         init_distributed,
         max_weight_divergence,
@@ -71,33 +92,39 @@ def main() -> None:
     base = LlamaForCausalLM(LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
     trajs = synthetic_trajectories(48)
+    full_b, full_o = batch_and_credit(trajs, base)
+    local = shard_groups(trajs, lambda t: t.group_id, info)
+    loc_b, loc_o = batch_and_credit(local, base)
     results = {}
-    for strategy, agg in [("ddp", "token-mean"), ("ddp", "seq-mean-token-mean"), ("fsdp2", "token-mean")]:
+    # (strategy, loss aggregation, rows per forward, clip the gradient norm)
+    for strategy, agg, rows, clip in [("ddp", "token-mean", None, False), ("ddp", "seq-mean-token-mean", 1, True),
+                                      ("fsdp2", "token-mean", 1, False)]:
         cfg = TrainConfig(tasks_per_step=3, group_size=4, minibatch_size=12, ppo_epochs=1, max_grad_norm=1e9,
-                          loss_agg=agg, seed=0, grad_accum=1)
+                          loss_agg=agg, seed=0, grad_accum=1, update_chunk_rows=rows, eps_low=0.1, eps_high=0.15,
+                          dual_clip_c=1.2, entropy_coef=0.05, kl_coef=0.1, kl_type="k3")
+        if clip:  # half the gradient norm: the clipping changes the step, on the global gradient
+            probe = copy.deepcopy(base)
+            gn = update(cfg, probe, torch.optim.SGD(probe.parameters(), lr=0.5), full_b, full_o)["train/grad_norm"]
+            cfg = dataclasses.replace(cfg, max_grad_norm=gn / 2)
         # reference: one process, the whole batch as one minibatch
         ref = copy.deepcopy(base)
-        full_b, full_o = batch_and_credit(trajs)
         ref_m = update(cfg, ref, torch.optim.SGD(ref.parameters(), lr=0.5), full_b, full_o)
         ref_sd = ref.state_dict()
-        # (no KL / entropy terms here, so the total loss is the PG loss; update()'s "train/loss" double-counts)
         # what a per-rank LOCAL mean would give (the bug global counts prevent): mean of the two local losses
-        local = shard_groups(trajs, lambda t: t.group_id, info)
-        loc_b, loc_o = batch_and_credit(local)
         naive = copy.deepcopy(base)
         naive_m = update(cfg, naive, torch.optim.SGD(naive.parameters(), lr=0.5), loc_b, loc_o)
         # distributed
         model = wrap_model(copy.deepcopy(base), strategy, info)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        m = dp_update(cfg, model, opt, loc_b, loc_o, info)
+        m = update(cfg, model, opt, loc_b, loc_o, dist=info)
         sd = full_state_dict(model)
         diff = max(float((sd[k] - ref_sd[k]).abs().max()) for k in ref_sd)
         moved = max(float((ref_sd[k] - base.state_dict()[k]).abs().max()) for k in ref_sd)
         div = max_weight_divergence(model, info)
         naive_t = torch.tensor([naive_m["train/loss"]])
         torch.distributed.all_reduce(naive_t)
-        results[f"{strategy}/{agg}"] = {
-            "loss": m["train/loss"], "ref_loss": ref_m["train/pg_loss"], "max_diff_vs_ref": diff,
+        results[f"{strategy}/{agg}/rows={rows}/clip={clip}"] = {
+            "metrics": m, "ref_metrics": ref_m, "max_diff_vs_ref": diff, "max_grad_norm": cfg.max_grad_norm,
             "weights_moved": moved, "rank_divergence": div, "naive_local_mean_loss": float(naive_t) / 2,
             "local_rows": loc_b.batch_size,
         }

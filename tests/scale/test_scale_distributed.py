@@ -1,8 +1,11 @@
 """Distributed learner on CPU: gloo, 2 processes under the real ``torchrun``, DDP and FSDP2.
 
-Both ranks must end with identical weights, equal to ONE process's update on the whole batch (SGD, so the
-weights carry the gradient's scale), and the all-reduced loss must equal the single-process loss, with ranks
-holding unequal numbers of rows (4 and 2), where a per-rank local mean would give a different loss.
+`turngym.trainers.update.update` with ``dist=info``: both ranks must end with identical weights, equal to ONE
+process's update on the whole batch (SGD, so the weights carry the gradient's scale), and the all-reduced metrics
+must equal the single-process ones, with ranks holding unequal numbers of rows (4 and 2), where a per-rank local
+mean would give a different loss. Every loss term is on (entropy bonus, KL, per-token clip scale, clip range and
+dual clip away from their defaults, clipping active), and the cases cover several chunks per rank (unequal chunk
+counts: zero-loss padding forwards) and gradient-norm clipping.
 """
 
 from __future__ import annotations
@@ -67,12 +70,24 @@ def test_gloo_two_ranks_match_single_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"ddp/token-mean", "ddp/seq-mean-token-mean", "fsdp2/token-mean"}
+    assert set(results) == {"ddp/token-mean/rows=None/clip=False", "ddp/seq-mean-token-mean/rows=1/clip=True",
+                            "fsdp2/token-mean/rows=1/clip=False"}
     for name, r in results.items():
+        m, ref = r["metrics"], r["ref_metrics"]
         assert r["local_rows"] == 4, name  # rank 0 holds 2 groups, rank 1 one group
         assert r["weights_moved"] > 1e-3, name  # the update did something the comparison can see
         assert r["rank_divergence"] == 0.0, name
         assert r["max_diff_vs_ref"] < TOL, (name, r)
-        assert abs(r["loss"] - r["ref_loss"]) < TOL, (name, r)
+        for k in ("train/loss", "train/pg_loss", "train/entropy", "train/kl", "train/clip_frac", "train/ratio_mean",
+                  "train/approx_kl", "train/optimizer_steps"):
+            assert abs(m[k] - ref[k]) < TOL, (name, k, m[k], ref[k])
+        assert abs(m["train/grad_norm"] - ref["train/grad_norm"]) < TOL * max(1.0, ref["train/grad_norm"]), name
+        # every term is live: clipping active on some tokens, and entropy / KL change the loss
+        assert 0.05 < ref["train/clip_frac"] < 0.95, (name, ref["train/clip_frac"])
+        assert abs(ref["train/loss"] - ref["train/pg_loss"]) > 1e-3, (name, ref)
+        assert ref["train/entropy"] > 0.1 and ref["train/kl"] > 1e-4, (name, ref)
+    clipped = results["ddp/seq-mean-token-mean/rows=1/clip=True"]
+    assert clipped["ref_metrics"]["train/grad_norm"] > 1.5 * clipped["max_grad_norm"]  # the clip is active
     # the test can tell global from local normalisation on this batch
-    assert abs(results["ddp/token-mean"]["naive_local_mean_loss"] - results["ddp/token-mean"]["ref_loss"]) > 1e-3
+    r = results["ddp/token-mean/rows=None/clip=False"]
+    assert abs(r["naive_local_mean_loss"] - r["ref_metrics"]["train/loss"]) > 1e-3

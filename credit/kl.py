@@ -25,7 +25,7 @@ KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estim
 _K3_CLAMP = 10.0
 
 
-def _check_same_shape(ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
+def check_same_shape(ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
     for name, t in others.items():
         if t is not None and tuple(t.shape) != tuple(ref.shape):
             raise ValueError(
@@ -84,7 +84,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kl_type: str = "k3") -> Tensor:
     Returns:
         ``[B, L]`` per-token estimates (unmasked).
     """
-    _check_same_shape("logp", logp, ref_logp=ref_logp)
+    check_same_shape("logp", logp, ref_logp=ref_logp)
     return KL_ESTIMATORS[kl_type](logp, ref_logp)
 
 
@@ -113,7 +113,7 @@ def kl_penalty_rewards(
     """
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [B, L] (2-D); got shape {tuple(token_rewards.shape)}.")
-    _check_same_shape("token_rewards", token_rewards, logp=logp, ref_logp=ref_logp, action_mask=action_mask)
+    check_same_shape("token_rewards", token_rewards, logp=logp, ref_logp=ref_logp, action_mask=action_mask)
     mask = action_mask if action_mask.dtype == torch.bool else action_mask != 0
     kl = torch.where(mask, kl_penalty(logp.float(), ref_logp.float(), kl_type), 0.0)
     return token_rewards - kl_coef * kl, kl

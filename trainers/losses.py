@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from turngym.credit.kl import KL_ESTIMATORS, kl_penalty, kl_penalty_rewards
+from turngym.credit.kl import KL_ESTIMATORS, check_same_shape, kl_penalty, kl_penalty_rewards
 from turngym.registry import Registry
 
 __all__ = [
@@ -66,15 +66,6 @@ METRICS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------------------------------------------- checks
-
-
-def _check_same_shape(ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
-    for name, t in others.items():
-        if t is not None and tuple(t.shape) != tuple(ref.shape):
-            raise ValueError(
-                f"{name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}; "
-                f"all token tensors must be [B, L] and aligned."
-            )
 
 
 def _check_2d(name: str, t: Tensor) -> None:
@@ -169,7 +160,7 @@ def agg_loss(
         A scalar tensor. Rows without policy tokens are excluded from every denominator; an empty mask gives 0.
     """
     _check_2d("values", values)
-    _check_same_shape("values", values, mask=mask)
+    check_same_shape("values", values, mask=mask)
     fn = LOSS_AGG[agg]
     return fn(values, _as_bool(mask), norm_len=norm_len, global_tokens=global_tokens, global_seqs=global_seqs)
 
@@ -197,7 +188,7 @@ def segment_log_ratio(
         raise ValueError(f"segment_log_ratio needs level 'turn' or 'sequence'; got {level!r}.")
     if turn_id is None:
         raise ValueError("ratio_level='turn' needs turn_id [B, L] (k on policy tokens of turn k); got None.")
-    _check_same_shape("log_ratio", log_ratio, turn_id=turn_id)
+    check_same_shape("log_ratio", log_ratio, turn_id=turn_id)
     if bool((mask & (turn_id < 0)).any()):
         raise ValueError(
             "ratio_level='turn': some policy tokens have turn_id < 0; every policy token must belong to a turn."
@@ -284,7 +275,7 @@ def policy_loss(
             positive ``kl_coef`` without ``ref_logp``, or ``dual_clip_c <= 1``.
     """
     _check_2d("logp", logp)
-    _check_same_shape(
+    check_same_shape(
         "logp", logp, old_logp=old_logp, adv=adv, action_mask=action_mask, turn_id=turn_id,
         clip_scale=clip_scale, ref_logp=ref_logp, entropy=entropy,
     )  # fmt: skip
@@ -412,7 +403,7 @@ def value_loss(
         ``(loss, metrics)`` with ``vf_loss``, ``vf_clipfrac``, ``vpred_mean``, ``vf_explained_var``.
     """
     _check_2d("values", values)
-    _check_same_shape("values", values, old_values=old_values, returns=returns, action_mask=action_mask)
+    check_same_shape("values", values, old_values=old_values, returns=returns, action_mask=action_mask)
     mask = _as_bool(action_mask)
     ret = torch.where(mask, returns.to(values.dtype), 0.0)
     v = torch.where(mask, values, 0.0)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-#: SFT settings of the end-to-end tests (tiny: the policy is barely warm-started; enough to exercise every path).
-TINY_SFT = {"sft_steps": 3, "sft_episodes": 8, "max_new_tokens": 24}
+from bench_helpers import TINY_SFT
 
 
 @pytest.fixture(scope="session")

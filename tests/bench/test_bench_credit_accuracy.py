@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_SFT
+from bench_helpers import TINY_SFT
 from scipy.stats import spearmanr
 
 from turngym.bench.credit_accuracy import (

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import TINY_SFT
+from bench_helpers import TINY_SFT
 
 from turngym import cli
 from turngym.bench.study import (

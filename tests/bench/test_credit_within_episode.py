@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from bench_helpers import TINY_SFT
 from scipy.stats import spearmanr
 
 from turngym.bench.credit_accuracy import (
@@ -177,7 +178,6 @@ def test_policy_specs_and_cli():
 
 
 def test_load_policy_from_a_save_pretrained_dir(sft_dir, tiny_setup):
-    TINY_SFT = {"sft_steps": 3, "sft_episodes": 8, "max_new_tokens": 24}  # tests/bench/conftest.py's
 
     from turngym.bench.credit_accuracy import load_policy
 

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TINY_SFT
+from bench_helpers import TINY_SFT
 
 from turngym.bench.credit_accuracy import CreditAccuracyConfig
 from turngym.bench.provider_quality import ORACLE, ORACLE_SIOP, auc, measure_gigpo, run

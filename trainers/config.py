@@ -12,6 +12,12 @@ checks. Names that live in registries (credit method, env id, tiny model size, t
 arguments) are checked by :meth:`TrainConfig.validate_names`, which imports those registries lazily and is
 called by the CLI before any work starts; :func:`check_run_dir` then makes sure the run directory can be
 created, leaving nothing behind.
+
+Each credit method's own options (the fields of its config dataclass, ``CREDIT[name].config_cls``) are set with
+``credit.<field>=value`` on the command line, ``credit.<field>: value`` in YAML, or the older
+``credit_overrides.<field>=value``; all of them fill ``credit_overrides``. :func:`check_credit_options` checks
+their names and types against the method's dataclass (in :meth:`TrainConfig.validate_names`) and
+:func:`credit_help` lists them (``turngym train --help-config credit=NAME``).
 """
 
 from __future__ import annotations
@@ -22,20 +28,13 @@ import importlib.resources
 import importlib.util
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from turngym.config import check_fields
 from turngym.errors import ConfigError
-
-#: algo -> "module:function" of its trainer (imported only when the run starts).
-TRAINERS: dict[str, str] = {
-    "grpo": "turngym.trainers.grpo:train",
-    "ppo": "turngym.trainers.ppo:train",
-    "multi": "turngym.trainers.multi:train",
-}
 
 Algo = Literal["grpo", "ppo", "multi"]
 MultiMode = Literal["shared", "separate", "self_play"]
@@ -56,6 +55,9 @@ VALUE_CREDITS = frozenset({"gae", "ppo-bad"})
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything `turngym train` needs, flat. Override any field with ``key=value``."""
+
+    DICT_ALIASES: ClassVar[Mapping[str, str]] = {"credit": "credit_overrides"}
+    """``credit.alpha=0.5`` sets ``credit_overrides.alpha`` (see `turngym.config.parse_overrides`)."""
 
     # --- environment
     env_id: str = "search/HopQA-v0"
@@ -97,7 +99,7 @@ class TrainConfig:
     credit: str = "a2tgpo"
     """Credit-assignment method, a key of `turngym.credit.CREDIT` (e.g. grpo, a2tgpo, matchtir, siop, gigpo)."""
     credit_overrides: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the credit method's own config; set one with credit_overrides.name=value."""
+    """Options of the credit method's own config, checked against its fields; set one with credit.name=value (or credit_overrides.name=value); `turngym train --help-config credit=NAME` lists them."""
     group_size: int = 8
     """Rollouts per task (G): the group used for baselines."""
     tasks_per_step: int = 8
@@ -270,8 +272,16 @@ class TrainConfig:
         """A copy with some fields changed (checks run again)."""
         return dataclasses.replace(self, **changes)
 
+    def credit_config(self) -> Any:
+        """The credit method's config dataclass built from ``credit_overrides`` (checked and coerced).
+
+        Raises:
+            ConfigError: Unknown method or option, or a bad value (see :func:`check_credit_options`).
+        """
+        return _credit_class(self.credit)(**check_credit_options(self.credit, self.credit_overrides))
+
     def validate_names(self) -> None:
-        """Check registry names (credit method, env id, tiny model size) against the registries.
+        """Check registry names (credit method and its options, env id, tiny model size) against the registries.
 
         Each registry is imported lazily and skipped when its package is not importable yet.
 
@@ -280,12 +290,9 @@ class TrainConfig:
         """
         from turngym.registry import unknown_name_message
 
-        credit_reg = _optional_attr("turngym.credit", "CREDIT") or _optional_attr("turngym.credit.base", "CREDIT")
-        if credit_reg is not None and self.credit not in credit_reg:
-            raise ConfigError(
-                unknown_name_message("credit method", self.credit, list(credit_reg))
-                + " Fix: credit=<one of them>."
-            )
+        credit_reg = _credit_registry()
+        if credit_reg is not None:
+            check_credit_options(self.credit, self.credit_overrides)
         if self.model == "tiny":
             sizes = _optional_attr("turngym.agents.tiny", "TINY_SIZES")
             if sizes is not None and self.model_size not in sizes:
@@ -311,6 +318,88 @@ class TrainConfig:
             raise ConfigError(str(err)) from None
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError("wandb=true but wandb is not installed. Fix: `pip install wandb`, or wandb=false.")
+
+
+def _credit_registry() -> Any:
+    return _optional_attr("turngym.credit", "CREDIT") or _optional_attr("turngym.credit.base", "CREDIT")
+
+
+def _credit_class(method: str) -> type:
+    """``CREDIT[method].config_cls``; an unknown method is a `ConfigError` with close matches."""
+    from turngym.registry import unknown_name_message
+
+    credit_reg = _credit_registry()
+    if credit_reg is None:
+        raise ConfigError("The credit methods cannot be imported (turngym.credit needs torch). Fix: pip install torch.")
+    if method not in credit_reg:
+        raise ConfigError(unknown_name_message("credit method", method, list(credit_reg)) + " Fix: credit=<one of them>.")
+    return credit_reg[method].config_cls
+
+
+def check_credit_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``credit.<field>`` options (``credit_overrides``) against credit method ``method``'s config dataclass.
+
+    Each name must be a field of ``CREDIT[method].config_cls``; each value is coerced to the field's type like any
+    config value (``"1e-3"`` -> ``0.001``, ``[a, b]`` -> a tuple); then the dataclass is built once, so its own
+    checks run too.
+
+    Args:
+        method: A credit method name (a `turngym.credit.CREDIT` key).
+        options: ``{field: value}``, e.g. ``TrainConfig.credit_overrides``.
+
+    Returns:
+        The options with their values coerced to the field types.
+
+    Raises:
+        ConfigError: Unknown method, unknown option (with close matches and the method's fields), a value of the
+            wrong type, or a value the method's config rejects.
+    """
+    from turngym.config import check_fields, field_types, parse_value
+    from turngym.registry import unknown_name_message
+
+    cls = _credit_class(method)
+    types_ = field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in types_:
+            raise ConfigError(
+                unknown_name_message(f"credit method {method!r} option", str(key), list(types_))
+                + f" Fix: credit.<one of them>=value; `turngym train --help-config credit={method}` lists them."
+            )
+        out[key] = parse_value(f"credit.{key}", value, types_[key])
+    try:
+        msg = check_fields(cls(**out))  # "name=value is ... Fix: name=..."
+        msg = msg and "credit." + msg.replace(" Fix: ", " Fix: credit.", 1)
+    except (ConfigError, ValueError, TypeError) as err:
+        msg = f"credit={method}: " + " ".join(str(err).split())
+    if msg:
+        raise ConfigError(f"{msg} Run `turngym train --help-config credit={method}` for its options.")
+    return out
+
+
+def credit_help(method: str) -> str:
+    """Plain-text listing of credit method ``method``'s options (for ``turngym train --help-config credit=NAME``).
+
+    Raises:
+        ConfigError: Unknown method (with close matches).
+    """
+    from turngym.config import config_help
+
+    cls = _credit_class(method)
+    return config_help(cls, prefix="credit.", header=(
+        f"credit={method} options ({cls.__name__}; set one with credit.<option>=value, or credit.<option>: value "
+        "in YAML):"))
+
+
+def credit_markdown() -> str:
+    """Markdown reference of every credit method's options (a section of ``docs/config.md``)."""
+    from turngym.config import config_markdown
+
+    credit_reg = _credit_registry()
+    parts = [config_markdown(credit_reg[name].config_cls, title=f"`credit={name}`", level=3,
+                             intro=f"`{credit_reg[name].config_cls.__name__}`; set with `credit.<option>=value`.")
+             for name in credit_reg.names()]
+    return "\n".join(parts)
 
 
 def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> None:
@@ -639,19 +728,19 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     Raises:
         ConfigError: Unknown preset (with close matches and the list), missing or malformed file.
     """
-    from turngym.config import load_yaml
+    from turngym.config import load_yaml, undot
     from turngym.registry import unknown_name_message
 
     looks_like_path = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path or os.sep in name_or_path
     if looks_like_path:
-        return load_yaml(name_or_path)
+        return undot(TrainConfig, load_yaml(name_or_path))  # `credit.alpha: 0.5` lines -> credit_overrides
     path = presets_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(
             unknown_name_message("preset", name_or_path, preset_names())
             + " Fix: `turngym train <preset>` with one of them, or a path to a YAML file."
         )
-    return load_yaml(path)
+    return undot(TrainConfig, load_yaml(path))
 
 
 def env_preset(base: dict[str, Any], env_id: str | None) -> dict[str, Any]:
@@ -707,4 +796,7 @@ def resolve_train_config(
         )
     if check_names:
         cfg.validate_names()
+        options = check_credit_options(cfg.credit, cfg.credit_overrides)  # values coerced to the field types
+        if options != cfg.credit_overrides or any(type(v) is not type(cfg.credit_overrides[k]) for k, v in options.items()):
+            cfg = cfg.replace(credit_overrides=options)
     return cfg

@@ -15,8 +15,8 @@ Algorithm (one step):
 5. **Log, evaluate, checkpoint**: metrics JSONL/TensorBoard, held-out evaluation every ``eval_every`` steps,
    atomic checkpoints every ``checkpoint_every`` steps; ``--resume`` continues from the last good one.
 
-`train_step` is steps 1-4 (one call per step, public for benchmarks and custom loops); `train` is the loop around
-it with the warm start, step 5 and the final evaluation.
+`train_step` is steps 1-4 (one call per step, public for benchmarks and custom loops); `train` runs it inside the
+loop every algorithm shares (`turngym.trainers.loop`: the warm start, step 5 and the final evaluation).
 
 Before step 1 of a fresh run: an SFT warm start on the env's noisy scripted expert (``sft_steps``) and a
 held-out evaluation; after the last step: a final evaluation and a report (markdown + PNG).
@@ -38,104 +38,47 @@ signals are scored with the learner's current weights. Each step logs its stalen
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from turngym.credit import CREDIT, GroupBatch, assign_credit
+from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
-from turngym.trainers import common
+from turngym.trainers import common, loop
 from turngym.trainers.async_rollout import AsyncRollout
-from turngym.trainers.checkpoint import (
-    CheckpointError,
-    capture_rng,
-    load_reference,
-    resume_checkpoint,
-    save_checkpoint,
-    save_reference,
-)
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
 from turngym.trainers.nanguard import NanGuard
-from turngym.trainers.report import write_report
-from turngym.trainers.runlog import RunLog
 from turngym.trainers.update import update
 from turngym.viewer import annotate
 
 
+class GRPO:
+    """GRPO's part of the shared loop (`turngym.trainers.loop`): the policy alone, one AdamW, `train_step`."""
+
+    def check(self, cfg: TrainConfig) -> None:
+        pass
+
+    def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        optimizer = torch.optim.AdamW([p for p in s.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+        return s.model, optimizer
+
+    def step(self, cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+             guard: NanGuard, ref_model, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
+        trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
+                                       producer=producer)
+        return trajs, metrics
+
+    def summary(self, cfg: TrainConfig) -> dict[str, Any]:
+        return {}
+
+
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     """Run GRPO end to end; returns a summary (success before/after, run directory)."""
-    CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
-    # --resume: every file it reads is verified first; ResumeError (exit 2) before anything is written
-    ckpt = resume_checkpoint(cfg.run_dir, reference=cfg.kl_coef > 0) if cfg.resume and cfg.run_dir else None
-    s = common.setup(cfg)
-    optimizer = torch.optim.AdamW([p for p in s.model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
-
-    # --- resume (checked above) or warm start
-    run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
-                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
-    if ckpt is not None:
-        ckpt.restore(s.model, optimizer)
-        guard.load_state_dict(ckpt.extra.get("nanguard", {}))
-        start, before = ckpt.step, ckpt.extra.get("eval_before", {})
-        run.message(f"resumed from {ckpt.path} at step {start}")
-        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
-    else:
-        start = 0
-        if cfg.sft_steps > 0:
-            sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
-            run.log(0, sft, kind="sft")
-        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
-        before, trajs = common.evaluate(cfg, s)
-        run.log(0, before, kind="eval")
-        run.log_trajectories(0, trajs, kind="eval")
-        checkpoint(cfg, run, s.model, optimizer, 0, guard, before)
-    ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)
-    providers = common.signal_providers(cfg, s)
-
-    # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
-    producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
-    try:
-        for step in range(start, cfg.steps):
-            # --- 1. rollout, 2. signals, 3. batch, 4. credit, 5. update: one train_step
-            trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
-                                           producer=producer)
-
-            # --- 6. log, evaluate, checkpoint
-            run.log(step + 1, metrics)
-            run.log_trajectories(step + 1, trajs)
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                checkpoint(cfg, run, s.model, optimizer, step + 1, guard, before)
-    finally:
-        if producer is not None:
-            producer.close()
-
-    # --- final evaluation, checkpoint and report
-    after, trajs = common.evaluate(cfg, s)
-    run.log(cfg.steps, after, kind="eval")
-    run.log_trajectories(cfg.steps, trajs, kind="eval")
-    checkpoint(cfg, run, s.model, optimizer, cfg.steps, guard, before)
-    summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
-               "success_after": after.get("eval/success"), "steps": cfg.steps, "credit": cfg.credit}
-    if cfg.report:
-        summary["report"] = str(write_report(run.run_dir, cfg, summary))
-    run.message(
-        f"held-out success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
-        f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
-    )
-    run.close()
-    if cfg.rollout_backend == "ray":
-        from turngym.agents.ray_rollout import close_pools
-
-        close_pools()
-    return summary
+    return loop.train(cfg, GRPO(), console=console)
 
 
 def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
@@ -151,7 +94,7 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
         step: Steps completed before this one; picks the task seeds and the sampler seed.
         providers: Signal providers (`common.signal_providers`).
         guard: The run's `NanGuard`: non-finite advantages or loss skip the update and are counted there.
-        ref_model: The frozen KL reference (`kl_reference`); None when ``kl_coef == 0``.
+        ref_model: The frozen KL reference (`loop.kl_reference`); None when ``kl_coef == 0``.
         producer: The async rollout producer (``max_staleness > 0``): the batch comes from it, and the updated
             weights go back to it. With ``generation_backend="vllm"`` they go to ``s.policy`` (`common.sync_sampler`).
 
@@ -310,48 +253,3 @@ def zero_var_groups(batch: GroupBatch) -> float:
     lo = torch.full((n,), float("inf")).scatter_reduce(0, g.cpu(), o.cpu(), "amin")
     hi = torch.full((n,), float("-inf")).scatter_reduce(0, g.cpu(), o.cpu(), "amax")
     return float((hi - lo <= 0).float().mean())
-
-
-def frozen_copy(model):
-    """A frozen copy of the policy for the KL reference."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
-
-
-def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
-    """The frozen KL reference, or None when ``kl_coef == 0``: the policy as the run entered RL (after the warm
-    start), stored once per run in ``run_dir/reference/`` and read back on resume, so a resumed run is regularised
-    towards the same weights as an uninterrupted one, never towards the weights it resumed from.
-
-    A fresh run (``resumed=False``) stores ``model``'s weights; a resumed run loads the stored ones into a frozen copy
-    of ``model``, or, when there are none (a run begun with ``kl_coef=0`` or by an older turngym), stores its resumed
-    weights for itself and later resumes and says so. With LoRA only the adapters are stored, as in checkpoints: the
-    copy keeps the frozen base weights.
-    """
-    if cfg.kl_coef <= 0:
-        return None
-    state = load_reference(run.run_dir) if resumed else None
-    if state is None:
-        if resumed:
-            run.message(f"no stored KL reference in {run.run_dir}: the resumed weights become the reference "
-                        "(stored now, for later resumes)")
-        save_reference(run.run_dir, model, trainable_only=cfg.lora)
-    ref = frozen_copy(model)
-    if state is not None:
-        _, unexpected = ref.load_state_dict(state, strict=not cfg.lora)
-        if unexpected:
-            raise CheckpointError(f"the stored KL reference in {run.run_dir} has tensors the model lacks: "
-                                  f"{sorted(unexpected)[:5]}; was it saved with another model or LoRA setting?")
-    return ref
-
-
-def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict) -> None:
-    """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets included)."""
-    run.sync()
-    save_checkpoint(
-        run.run_dir, step, model=model, optimizer=optimizer, data_state={"next_step": step}, config=cfg,
-        keep=cfg.keep_checkpoints, trainable_only=cfg.lora, rng=capture_rng(),
-        extra={"nanguard": guard.state_dict(), "eval_before": before, "runlog": run.state_dict()},
-    )

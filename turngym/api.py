@@ -119,7 +119,8 @@ def train(
     from turngym.config import merge, to_dict
     from turngym.envs.registration import import_modules
     from turngym.errors import ConfigError, RegistryError
-    from turngym.trainers.config import TRAINERS, TrainConfig, check_run_dir, load_preset
+    from turngym.trainers import TRAINERS
+    from turngym.trainers.config import TrainConfig, check_run_dir, load_preset
 
     try:
         import_modules(imports)
@@ -155,6 +156,9 @@ def train(
     texts = [] if isinstance(overrides, Mapping) else list(overrides)
     cfg = from_dict(TrainConfig, merge(base, extra, parse_overrides(TrainConfig, texts)))
     cfg.validate_names()
+    from turngym.trainers.config import check_credit_options
+
+    cfg = cfg.replace(credit_overrides=check_credit_options(cfg.credit, cfg.credit_overrides))  # typed values
     from turngym.agents.tiny import check_model_name
 
     check_model_name(cfg.model)

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import functools
@@ -62,9 +63,11 @@ __all__ = [
     "parse_overrides",
     "parse_value",
     "to_dict",
+    "undot",
     "write_yaml_atomic",
 ]
 
+_DICTS = (dict, Mapping)  # origins of the mapping field types (``dict[str, Any]``, ``Mapping[str, Any]``)
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 _NONE = {"none", "null", "~", ""}
@@ -149,7 +152,7 @@ def type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is Union or origin is types.UnionType:
         return " | ".join(type_name(a) for a in typing.get_args(tp))
-    if origin in (tuple, list, dict):
+    if origin in (tuple, list, *_DICTS):
         args = typing.get_args(tp)
         inner_names = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
         return f"{origin.__name__}[{inner_names}]" if args else origin.__name__
@@ -222,7 +225,7 @@ def _from_text(text: str, tp: Any) -> Any:
             return _check_value(items, tp)
         parts = [p.strip() for p in s.split(",")] if s else []
         return _check_value(parts, tp)
-    if origin is dict or tp is dict:
+    if origin in _DICTS or tp is dict:
         try:
             value = _strict_load(s) if s else {}
         except yaml.YAMLError:
@@ -293,7 +296,7 @@ def _check_value(value: Any, tp: Any) -> Any:
                 raise _BadValue
             items = [_check_value(v, a) for v, a in zip(value, args)]
         return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
+    if origin in _DICTS or tp is dict:
         if not isinstance(value, Mapping):
             raise _BadValue
         args = typing.get_args(tp)
@@ -347,7 +350,7 @@ def _example(tp: Any) -> str:
         return examples[inner]
     if origin in (tuple, list):
         return "a,b"
-    if origin is dict or inner is dict:
+    if origin in _DICTS or inner is dict:
         return "'{key: value}'"
     return "none" if optional else "..."
 
@@ -406,7 +409,7 @@ def _fits(value: Any, tp: Any) -> bool:
         if origin is list or (len(args) == 2 and args[1] is Ellipsis):
             return all(_fits(v, args[0]) for v in value)
         return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
-    if origin is dict or tp is dict:
+    if origin in _DICTS or tp is dict:
         args = typing.get_args(tp)
         key_tp, val_tp = args if len(args) == 2 else (Any, Any)
         return isinstance(value, Mapping) and all(_fits(k, key_tp) and _fits(v, val_tp) for k, v in value.items())
@@ -522,7 +525,9 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
     """Parse ``["key=value", ...]`` command-line overrides into typed field values of dataclass ``cls``.
 
     A dotted key ``field.sub=value`` sets one entry of a ``dict`` field (the value is parsed as YAML);
-    the result then holds a partial dict for that field, which :func:`merge` combines with the base.
+    the result then holds a partial dict for that field, which :func:`merge` combines with the base. A class may
+    name short prefixes for its dict fields in a ``DICT_ALIASES`` class attribute (`TrainConfig` maps ``credit``
+    to ``credit_overrides``, so ``credit.alpha=0.5`` sets ``credit_overrides.alpha``).
 
     Args:
         cls: The config dataclass.
@@ -545,12 +550,14 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
         key, _, text = item.partition("=")
         key = key.strip()
         field, _, sub = key.partition(".")
+        if sub:
+            field = _dict_aliases(cls).get(field, field)
         if field not in types_:
             raise _unknown_key(cls, key)
         tp = types_[field]
         if sub:
             _, inner = _is_optional(tp)
-            if not (typing.get_origin(inner) is dict or inner is dict):
+            if not (typing.get_origin(inner) in _DICTS or inner is dict):
                 raise ConfigError(
                     f"Bad override {_short(item)}: {field!r} is {type_name(tp)}, not a dict, so it has no "
                     f"entry {sub!r}. Fix: {field}={_example(tp)}."
@@ -571,6 +578,41 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
             out[field] = _DictPatch(entry)
         else:
             out[field] = parse_value(field, text, tp, text=True)
+    return out
+
+
+def _dict_aliases(cls: type) -> Mapping[str, str]:
+    """``{prefix: dict field}`` of ``cls``: ``prefix.name`` keys set entries of that field (see `parse_overrides`)."""
+    return getattr(cls, "DICT_ALIASES", None) or {}
+
+
+def undot(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with its dotted keys folded in: ``{"env_kwargs.hops": 2}`` -> ``{"env_kwargs": {"hops": 2}}``.
+
+    YAML files may use the command line's dotted keys for the entries of a dict field (and the prefixes of the
+    class's ``DICT_ALIASES``, e.g. ``credit.alpha: 0.5`` for ``credit_overrides``). Dotted keys are applied after
+    the plain ones, so ``credit.alpha`` wins over ``credit_overrides: {alpha: ...}`` in the same file. Keys that
+    are not dotted, or whose prefix is no dict field, are left for `from_dict` to judge.
+    """
+    if not isinstance(d, Mapping) or not any(isinstance(k, str) and "." in k for k in d):
+        return dict(d) if isinstance(d, Mapping) else d
+    types_ = field_types(cls)
+    aliases = _dict_aliases(cls)
+    out: dict[str, Any] = {}
+    dotted: list[tuple[str, list[str], Any]] = []
+    for key, value in d.items():
+        head, _, sub = key.partition(".") if isinstance(key, str) else (key, "", "")
+        field = aliases.get(head, head) if sub else head
+        _, inner = _is_optional(types_.get(field, None))
+        if sub and field in types_ and (typing.get_origin(inner) in _DICTS or inner is dict):
+            dotted.append((field, sub.split("."), value))
+        else:
+            out[key] = value
+    for field, parts, value in dotted:
+        current = out.get(field)
+        entry = copy.deepcopy(dict(current)) if isinstance(current, Mapping) else {}
+        _set_dotted(entry, parts, value)
+        out[field] = entry
     return out
 
 
@@ -630,7 +672,7 @@ def from_dict(cls: type[C], d: Mapping[str, Any], *, source: str = "") -> C:
         raise ConfigError(f"Expected a mapping of config keys{where}, got {type(d).__name__}: {d!r}.")
     types_ = field_types(cls)
     kwargs: dict[str, Any] = {}
-    for key, value in d.items():
+    for key, value in undot(cls, d).items():
         if key not in types_:
             err = _unknown_key(cls, str(key))
             raise ConfigError(f"{err}{where}") from None
@@ -897,29 +939,39 @@ def _sections(cls: type) -> dict[str, str]:
     return out
 
 
-def config_help(cls: type) -> str:
-    """Plain-text listing of every field: ``name  type = default`` and its docstring (for ``--help-config``)."""
+def config_help(cls: type, *, prefix: str = "", header: str | None = None) -> str:
+    """Plain-text listing of every field: ``name  type = default`` and its docstring (for ``--help-config``).
+
+    Args:
+        cls: The config dataclass.
+        prefix: Written before each field name (``"credit."`` lists ``credit.alpha: float = ...``).
+        header: The first line; the default names the class and the ``key=value`` form.
+    """
     docs = field_docs(cls)
     types_ = field_types(cls)
     sections = _sections(cls)
-    lines: list[str] = [f"{cls.__name__} keys (override with key=value):"]
+    lines: list[str] = [header or f"{cls.__name__} keys (override with {prefix}key=value):"]
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         if f.name in sections:
             lines.append(f"\n[{sections[f.name]}]")
-        lines.append(f"  {f.name}: {type_name(types_[f.name])} = {_default_repr(f)}")
+        lines.append(f"  {prefix}{f.name}: {type_name(types_[f.name])} = {_default_repr(f)}")
         if docs.get(f.name):
             lines.append(f"      {docs[f.name]}")
     return "\n".join(lines) + "\n"
 
 
-def config_markdown(cls: type, *, title: str | None = None, intro: str = "") -> str:
-    """Markdown reference of a config dataclass: one table row per field (name, type, default, docstring)."""
+def config_markdown(cls: type, *, title: str | None = None, intro: str = "", level: int = 1) -> str:
+    """Markdown reference of a config dataclass: one table row per field (name, type, default, docstring).
+
+    ``level`` is the heading level of the title (sections get ``level + 1``); a class without fields gets a
+    "(no options)" line instead of a table.
+    """
     docs = field_docs(cls)
     types_ = field_types(cls)
     sections = _sections(cls)
-    out = [f"# {title or cls.__name__}", ""]
+    out = [f"{'#' * level} {title or cls.__name__}", ""]
     if intro:
         out += [intro.strip(), ""]
     header = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
@@ -931,11 +983,13 @@ def config_markdown(cls: type, *, title: str | None = None, intro: str = "") -> 
             if started:
                 out.append("")
             if f.name in sections:
-                out += [f"## {sections[f.name]}", ""]
+                out += [f"{'#' * (level + 1)} {sections[f.name]}", ""]
             out += header
             started = True
         doc = docs.get(f.name, "").replace("|", "\\|")
         typ = type_name(types_[f.name]).replace("|", "\\|")
         default = _default_repr(f).replace("|", "\\|")
         out.append(f"| `{f.name}` | `{typ}` | `{default}` | {doc} |")
+    if not started:
+        out.append("(no options)")
     return "\n".join(out) + "\n"

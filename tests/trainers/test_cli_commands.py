@@ -123,10 +123,15 @@ def test_print_config_resolves_preset_and_overrides(capsys, tmp_path, monkeypatc
     _assert_nothing_written(tmp_path)
 
 
+def _trainers(**targets: str) -> dict[str, str]:
+    """`cli.TRAINERS` with some algos pointed at other ``"module:function"`` targets."""
+    return {algo: targets.get(algo, cli.TRAINERS[algo]) for algo in cli.TRAINERS}
+
+
 def test_train_dispatches_the_resolved_config_to_the_trainer(tmp_path, monkeypatch):
     (tmp_path / "fake_trainer_mod.py").write_text("CALLS = []\ndef train(cfg):\n    CALLS.append(cfg)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli.TRAINERS, "ppo", "fake_trainer_mod:train")
+    monkeypatch.setattr(cli, "TRAINERS", _trainers(ppo="fake_trainer_mod:train"))
     assert cli.main(["train", "ppo-bad", "steps=3", "--model", "tiny"]) == 0
     import fake_trainer_mod
 
@@ -145,7 +150,7 @@ def test_model_flag_uses_the_model_preset(capsys):
 
 def test_missing_trainer_is_a_clear_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(cli.TRAINERS, "grpo", "turngym.trainers.not_written_yet:train")
+    monkeypatch.setattr(cli, "TRAINERS", _trainers(grpo="turngym.trainers.not_written_yet:train"))
     assert cli.main(["train", "steps=1"]) == 1
     err = capsys.readouterr().err
     assert "grpo trainer is not available" in err and "not_written_yet" in err
@@ -155,7 +160,7 @@ def test_missing_trainer_is_a_clear_failure(tmp_path, monkeypatch, capsys):
 def test_new_run_into_an_existing_run_dir_is_refused_before_work(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    monkeypatch.setitem(cli.TRAINERS, "grpo", "no_trainer_should_be_imported:train")
+    monkeypatch.setattr(cli, "TRAINERS", _trainers(grpo="no_trainer_should_be_imported:train"))
     assert cli.main(["train", f"run_dir={run}"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]

@@ -110,15 +110,15 @@ def test_damaged_newest_checkpoint_is_named_and_the_older_one_used(tmp_path, cap
 
 
 def test_trainer_resumes_from_the_older_checkpoint_and_says_why(tmp_path, capsys, monkeypatch):
-    """The trainer itself goes through the checks: grpo.train picks step 1 and names the damaged step 2 (stopped
+    """The trainer itself goes through the checks: grpo.train (trainers/loop.py) picks step 1 and names the damaged step 2 (stopped
     right after the check, before any model is built)."""
-    from turngym.trainers import common, grpo
+    from turngym.trainers import common, grpo, loop
 
     run = _make_run(tmp_path)
     _flip_byte(_ckpt(run, 2) / "model.pt")
     chosen = []
-    real = grpo.resume_checkpoint
-    monkeypatch.setattr(grpo, "resume_checkpoint", lambda *a, **k: chosen.append(real(*a, **k)) or chosen[-1])
+    real = loop.resume_checkpoint  # the loop every single-agent trainer runs
+    monkeypatch.setattr(loop, "resume_checkpoint", lambda *a, **k: chosen.append(real(*a, **k)) or chosen[-1])
 
     class Stop(Exception):
         pass

@@ -217,7 +217,7 @@ def _train(tcfg) -> dict[str, Any]:
 
     import torch
 
-    from turngym.trainers.config import TRAINERS  # algo -> "module:function" (grpo.train, ppo.train)
+    from turngym.trainers import TRAINERS  # algo -> "module:function" (grpo.train, ppo.train)
 
     torch.set_num_threads(tcfg.torch_threads or 1)
     if tcfg.run_dir and Path(tcfg.run_dir).exists():

@@ -1,0 +1,173 @@
+"""The outer loop GRPO and PPO share; each algorithm plugs in as an `Algorithm` (`grpo.GRPO`, `ppo.PPO`).
+
+`train` reads top to bottom:
+
+1. **Checks before any work**: the credit method exists, the algorithm accepts it (`Algorithm.check`), and with
+   ``--resume`` every checkpoint file is verified (``ResumeError`` before anything is written).
+2. **Setup**: model, tokenizer and env (`common.setup`), NaN guard, run log.
+3. **Resume or warm start**: a fresh run warm-starts (SFT on the scripted expert); then the algorithm builds what a
+   checkpoint holds and its optimizer (`Algorithm.build`: the policy alone for GRPO, policy + critic for PPO); a
+   resumed run restores them, a fresh one evaluates the held-out tasks and writes checkpoint 0. The vLLM sampler
+   starts from the weights either way; the KL reference is the policy as it entered RL (`kl_reference`).
+4. **Steps**: `Algorithm.step` (rollout, signals, credit, update) returns the step's trajectories and metrics;
+   the loop logs them, evaluates every ``eval_every`` steps and checkpoints every ``checkpoint_every`` steps.
+   With ``max_staleness > 0`` a background producer samples ahead (`AsyncRollout`).
+5. **End**: final evaluation and checkpoint, the summary (plus `Algorithm.summary`), the report, one console line.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+import torch
+
+from turngym.credit import CREDIT
+from turngym.trainers import common
+from turngym.trainers.async_rollout import AsyncRollout
+from turngym.trainers.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_reference,
+    resume_checkpoint,
+    save_checkpoint,
+    save_reference,
+)
+from turngym.trainers.config import TrainConfig
+from turngym.trainers.nanguard import NanGuard
+from turngym.trainers.report import write_report
+from turngym.trainers.runlog import RunLog
+
+
+class Algorithm(Protocol):
+    """What an algorithm adds to the shared loop."""
+
+    def check(self, cfg: TrainConfig) -> None:
+        """Raise `ConfigError` for a config this algorithm cannot train, before any work."""
+
+    def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """After the warm start: the module a checkpoint holds and restores, and the optimizer over it."""
+
+    def step(self, cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+             guard: NanGuard, ref_model: Any, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
+        """One step (rollout, signals, credit, update): the step's trajectories and the metrics of ``step + 1``."""
+
+    def summary(self, cfg: TrainConfig) -> dict[str, Any]:
+        """Keys added to the run's summary."""
+
+
+def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str, Any]:
+    """Run ``algo`` end to end; returns a summary (success before/after, run directory)."""
+    CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
+    algo.check(cfg)
+    # --resume: every file it reads is verified first; ResumeError (exit 2) before anything is written
+    ckpt = resume_checkpoint(cfg.run_dir, reference=cfg.kl_coef > 0) if cfg.resume and cfg.run_dir else None
+    s = common.setup(cfg)
+    guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
+
+    # --- resume (checked above) or warm start; the algorithm's modules are built from the warm policy
+    run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
+                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
+    if ckpt is None and cfg.sft_steps > 0:
+        sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
+        run.log(0, sft, kind="sft")
+    modules, optimizer = algo.build(cfg, s)
+    if ckpt is not None:
+        ckpt.restore(modules, optimizer)
+        guard.load_state_dict(ckpt.extra.get("nanguard", {}))
+        start, before = ckpt.step, ckpt.extra.get("eval_before", {})
+        run.message(f"resumed from {ckpt.path} at step {start}")
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
+    else:
+        start = 0
+        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
+        before, trajs = common.evaluate(cfg, s)
+        run.log(0, before, kind="eval")
+        run.log_trajectories(0, trajs, kind="eval")
+        checkpoint(cfg, run, modules, optimizer, 0, guard, before)
+    ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)  # the policy only, stored once per run
+    providers = common.signal_providers(cfg, s)
+
+    # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
+    producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
+    try:
+        for step in range(start, cfg.steps):
+            # --- rollout, signals, credit, update: one algorithm step
+            trajs, metrics = algo.step(cfg, s, optimizer, step, providers, guard, ref_model, producer)
+
+            # --- log, evaluate, checkpoint
+            run.log(step + 1, metrics)
+            run.log_trajectories(step + 1, trajs)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before)
+    finally:
+        if producer is not None:
+            producer.close()
+
+    # --- final evaluation, checkpoint and report
+    after, trajs = common.evaluate(cfg, s)
+    run.log(cfg.steps, after, kind="eval")
+    run.log_trajectories(cfg.steps, trajs, kind="eval")
+    checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before)
+    summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
+               "success_after": after.get("eval/success"), "steps": cfg.steps, "credit": cfg.credit}
+    summary |= algo.summary(cfg)
+    if cfg.report:
+        summary["report"] = str(write_report(run.run_dir, cfg, summary))
+    run.message(
+        f"held-out success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
+        f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
+    )
+    run.close()
+    if cfg.rollout_backend == "ray":
+        from turngym.agents.ray_rollout import close_pools
+
+        close_pools()
+    return summary
+
+
+def frozen_copy(model):
+    """A frozen copy of the policy for the KL reference."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
+    """The frozen KL reference, or None when ``kl_coef == 0``: the policy as the run entered RL (after the warm
+    start), stored once per run in ``run_dir/reference/`` and read back on resume, so a resumed run is regularised
+    towards the same weights as an uninterrupted one, never towards the weights it resumed from.
+
+    A fresh run (``resumed=False``) stores ``model``'s weights; a resumed run loads the stored ones into a frozen copy
+    of ``model``, or, when there are none (a run begun with ``kl_coef=0`` or by an older turngym), stores its resumed
+    weights for itself and later resumes and says so. With LoRA only the adapters are stored, as in checkpoints: the
+    copy keeps the frozen base weights.
+    """
+    if cfg.kl_coef <= 0:
+        return None
+    state = load_reference(run.run_dir) if resumed else None
+    if state is None:
+        if resumed:
+            run.message(f"no stored KL reference in {run.run_dir}: the resumed weights become the reference "
+                        "(stored now, for later resumes)")
+        save_reference(run.run_dir, model, trainable_only=cfg.lora)
+    ref = frozen_copy(model)
+    if state is not None:
+        _, unexpected = ref.load_state_dict(state, strict=not cfg.lora)
+        if unexpected:
+            raise CheckpointError(f"the stored KL reference in {run.run_dir} has tensors the model lacks: "
+                                  f"{sorted(unexpected)[:5]}; was it saved with another model or LoRA setting?")
+    return ref
+
+
+def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict) -> None:
+    """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets included)."""
+    run.sync()
+    save_checkpoint(
+        run.run_dir, step, model=model, optimizer=optimizer, data_state={"next_step": step}, config=cfg,
+        keep=cfg.keep_checkpoints, trainable_only=cfg.lora, rng=capture_rng(),
+        extra={"nanguard": guard.state_dict(), "eval_before": before, "runlog": run.state_dict()},
+    )

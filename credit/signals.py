@@ -723,33 +723,18 @@ def build_token_features(method: str, ctx: SignalContext, batch: GroupBatch) -> 
     return out
 
 
-@register_signal_provider("gold_probe")
-def _gold_probe(ctx: SignalContext) -> GoldProbeProvider:
-    ctx.require("signal provider 'gold_probe'", "scorer", "tokenize")
-    return GoldProbeProvider(ctx.scorer, ctx.tokenize, prefix=ctx.answer_prefix, suffix=ctx.answer_suffix)
+def _probe_factory(name: str, cls: type) -> Callable[[SignalContext], Any]:
+    """Factory of a provider that scores the answer under the policy (needs the scorer and the tokenizer)."""
+
+    def make(ctx: SignalContext):
+        ctx.require(f"signal provider {name!r}", "scorer", "tokenize")
+        return cls(ctx.scorer, ctx.tokenize, prefix=ctx.answer_prefix, suffix=ctx.answer_suffix)
+
+    return make
 
 
-@register_signal_provider("tool_match")
-def _tool_match(ctx: SignalContext) -> ToolMatchProvider:
-    return ToolMatchProvider()
-
-
-@register_signal_provider("siop_cluster")
-def _siop_cluster(ctx: SignalContext) -> OutcomeClusterProvider:
-    return OutcomeClusterProvider()
-
-
-@register_signal_provider("siop_support")
-def _siop_support(ctx: SignalContext) -> SupportProvider:
-    ctx.require("signal provider 'siop_support'", "scorer", "tokenize")
-    return SupportProvider(ctx.scorer, ctx.tokenize, prefix=ctx.answer_prefix, suffix=ctx.answer_suffix)
-
-
-@register_signal_provider("rule_judge")
-def _rule_judge(ctx: SignalContext) -> RuleStepJudgeProvider:
-    return RuleStepJudgeProvider()
-
-
-@register_signal_provider("rule_prm")
-def _rule_prm(ctx: SignalContext) -> RulePRMProvider:
-    return RulePRMProvider()
+for _name, _cls in {"gold_probe": GoldProbeProvider, "siop_support": SupportProvider}.items():
+    SIGNAL_PROVIDERS.add(_name, _probe_factory(_name, _cls))
+for _name, _cls in {"tool_match": ToolMatchProvider, "siop_cluster": OutcomeClusterProvider,
+                    "rule_judge": RuleStepJudgeProvider, "rule_prm": RulePRMProvider}.items():
+    SIGNAL_PROVIDERS.add(_name, lambda ctx, cls=_cls: cls())  # needs nothing from the trainer

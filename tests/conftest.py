@@ -104,3 +104,13 @@ def check_train_lines():
         return lines
 
     return check
+
+
+@pytest.fixture
+def scratch():
+    """``(registry, name)`` pairs a test registered (e.g. a throwaway credit method), removed from each registry
+    after the test."""
+    added: list[tuple] = []
+    yield added
+    for registry, name in added:
+        registry.remove(name)

@@ -62,6 +62,7 @@ from turngym.errors import ConfigError
 from turngym.trainers import common
 from turngym.trainers.checkpoint import Checkpoint, capture_rng, resume_checkpoint, save_checkpoint
 from turngym.trainers.config import TrainConfig
+from turngym.trainers.loop import frozen_copy
 from turngym.trainers.report import write_report
 from turngym.trainers.runlog import RunLog
 from turngym.trainers.update import update
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         if cfg.sft_steps > 0 or cfg.pretrain_steps > 0:
             sft = warm_start(cfg, learners, renderer, roles, tok, lambda m: run.log(0, m, kind="sft"))
             run.log(0, sft, kind="sft")
-        pool = [frozen(learners[0].model)] if cfg.multi_mode == "self_play" else []
+        pool = [frozen_copy(learners[0].model)] if cfg.multi_mode == "self_play" else []
         before, trajs = evaluate(cfg, learners, renderer, roles, tok)
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
@@ -154,7 +155,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- self-play pool
         if cfg.multi_mode == "self_play":
             if (step + 1) % cfg.selfplay_every == 0:
-                pool.append(frozen(learners[0].model))
+                pool.append(frozen_copy(learners[0].model))
                 del pool[: max(0, len(pool) - cfg.selfplay_pool)]
             metrics["multi/pool_size"] = float(len(pool))
 
@@ -248,7 +249,7 @@ def restore(ckpt: Checkpoint, learners: list[Learner], rng: np.random.Generator)
     if saved != [ln.name for ln in learners]:
         raise ConfigError(f"checkpoint {ckpt.path} holds learners {saved}, but this run builds "
                           f"{[ln.name for ln in learners]}; resume with the run's own config.yaml.")
-    pool = [frozen(learners[0].model) for _ in range(int(ckpt.extra.get("pool_size", 0)))]
+    pool = [frozen_copy(learners[0].model) for _ in range(int(ckpt.extra.get("pool_size", 0)))]
     ckpt.restore(*bundle(learners, pool))
     rng.bit_generator.state = ckpt.extra["opponent_rng"]
     return pool
@@ -322,12 +323,6 @@ def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str], ba
     return out
 
 
-def frozen(model):
-    """A frozen copy of a policy model (a self-play opponent)."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 def seat_actors(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], pool: list[Any], step: int,

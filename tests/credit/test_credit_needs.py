@@ -80,15 +80,6 @@ def fresh():
     return method
 
 
-@pytest.fixture
-def scratch():
-    """Names registered by a test, removed afterwards."""
-    added: list[tuple] = []
-    yield added
-    for registry, name in added:
-        registry.remove(name)
-
-
 def test_unknown_declared_provider_lists_the_registered_ones(scratch):
     register_credit("test-needs-unknown", GRPOConfig, signals=("no_such_provider",))(fresh())
     scratch.append((CREDIT, "test-needs-unknown"))

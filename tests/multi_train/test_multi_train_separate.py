@@ -127,7 +127,7 @@ def test_shared_policy_acts_for_every_role(team_tiny):
 
 
 def test_self_play_trains_one_seat_against_a_frozen_snapshot(team_tiny):
-    from turngym.trainers.multi import frozen
+    from turngym.trainers.loop import frozen_copy as frozen
 
     tok, m1, _ = team_tiny
     cfg = _cfg(multi_mode="self_play")

@@ -39,15 +39,6 @@ def fake_setup(model=None) -> common.Setup:
                         device=torch.device("cpu"), pad_id=0)
 
 
-@pytest.fixture
-def scratch():
-    """``(registry, name)`` pairs registered by a test, removed afterwards."""
-    added: list[tuple] = []
-    yield added
-    for registry, name in added:
-        registry.remove(name)
-
-
 @pytest.mark.parametrize("method", CREDIT.names())
 def test_trainer_builds_the_declared_providers_as_before(method: str):
     cfg = TrainConfig(env_id="search/HopQA-v0", credit=method, algo="ppo" if method in VALUE_CREDITS else "grpo")

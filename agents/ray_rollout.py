@@ -194,7 +194,7 @@ class RayRolloutPool:
         ``rollout_worker_cpus`` Ray CPUs each (and that many torch threads, at least one)."""
         cpus = float(kwargs.pop("num_cpus_per_worker", getattr(cfg, "rollout_worker_cpus", 1.0)))
         spec = RolloutSpec(env_id=cfg.env_id, env_kwargs=dict(cfg.env_kwargs), sampler=cfg.sampler,
-                           max_turns=cfg.max_turns, max_traj_tokens=cfg.max_traj_tokens,
+                           sampler_kwargs=dict(getattr(cfg, "sampler_options", {}) or {}), max_turns=cfg.max_turns, max_traj_tokens=cfg.max_traj_tokens,
                            torch_threads=max(1, round(cpus)), env_imports=tuple(getattr(cfg, "env_imports", ())))
         return cls(spec, setup.model, setup.renderer, num_workers=int(cfg.rollout_workers),
                    num_cpus_per_worker=cpus, seed=int(cfg.seed), **kwargs)

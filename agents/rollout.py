@@ -20,6 +20,8 @@ Samplers (registry `SAMPLERS`), selected by name:
   with probability ``softmax(A/eta)`` over the siblings' normalised rewards, advances the path.
 * ``tree``: branching rollouts with shared prefixes (for prefix-tree credit, e.g. TEMPO): ``branching=(b0,
   b1, ...)`` forks every episode into ``b_d`` children before its turn d; leaves share ``group_id``.
+* ``reflect_retry``: R³L (`turngym.agents.reflect_retry`): G/2 base rollouts per seed; failures are reflected on
+  and retried from the diagnosed turn (`RolloutEngine.clone_prefix`) with a guidance message in the context.
 
 Forked and candidate episodes get their env state by *replay*: a fresh env is reset with the same seed and
 fed the same actions; the replayed observations must equal the recorded ones (else `EnvError`: the env is not
@@ -240,6 +242,53 @@ class RolloutEngine:
         new.action_tokens = ep.action_tokens
         new.counts = dict(ep.counts)
         new.tag = copy.deepcopy(ep.tag)
+        return new
+
+    def clone_prefix(self, ep: Episode, k: int) -> Episode:
+        """A running episode in the state of `ep` before its turn `k` (R³L retries): a fresh env reset with the same
+        seed replays ``ep.actions[:k]`` (each replayed observation must equal the recorded one, as in `clone`), and
+        the first `k` turns are copied (same tokens, log-probs and signals). `ep` may be finished.
+
+        Raises:
+            ValueError: `k` outside ``[0, len(turns)]``, or turn ``k−1`` ended the episode (no observation to
+                continue from).
+            EnvError: The env is not deterministic under replay (another prompt, observation, or an episode that
+                ends during the replay).
+        """
+        turns = ep.traj.turns
+        if not 0 <= k <= len(turns) or (k > 0 and not turns[k - 1].obs_ids):
+            raise ValueError(f"clone_prefix: cannot continue {self.env_id} seed {ep.traj.seed} before turn {k}: the "
+                             f"episode has {len(turns)} turns and turn {k - 1} must have an observation.")
+        new = self.new_episode(ep.traj.seed, ep.traj.group_id, ep.traj.agent_id)
+        if new.context != ep.traj.prompt_ids:
+            self.release(new)
+            raise EnvError(f"{self.env_id}: reset(seed={ep.traj.seed}) gave a different prompt on replay.")
+        t0 = time.perf_counter()
+        try:
+            for j in range(k):
+                obs, _r, terminated, truncated, _info = new.env.step(ep.actions[j])
+                if obs != turns[j].obs_messages or terminated or truncated:
+                    raise EnvError(
+                        f"{self.env_id} is not deterministic under replay: seed {ep.traj.seed}, turn {j} gave "
+                        f"{str(obs)[:200]!r} (ended: {bool(terminated or truncated)}), recorded "
+                        f"{str(turns[j].obs_messages)[:200]!r}. R³L retries need envs whose state is a function of "
+                        "(seed, actions)."
+                    )
+        except Exception:
+            self.release(new)
+            raise
+        finally:
+            self.stats.env_s += time.perf_counter() - t0
+        prefix = copy.deepcopy(turns[:k])
+        new.traj.turns = prefix
+        new.traj.meta = {key: v for key, v in copy.deepcopy(ep.traj.meta).items() if key != "rollout"}
+        new.context = list(ep.traj.prompt_ids) + [i for u in prefix for i in (*u.action_ids, *u.obs_ids)]
+        new.actions = list(ep.actions[:k])
+        new.action_tokens = sum(len(u.action_ids) for u in prefix)
+        new.counts = {"tool_calls": sum(len(u.tool_calls) for u in prefix),
+                      "tool_errors": sum(int(u.info.get("tool_errors") or 0) for u in prefix),
+                      "parse_errors": sum(len(u.info.get("parse_errors") or []) for u in prefix),
+                      "inexact_ids": 0}
         return new
 
     # ------------------------------------------------------------------ one round
@@ -623,7 +672,7 @@ def collect_rollouts(
         renderer: A `Renderer` for the policy's tokenizer (tool schemas are taken from the env if it has none).
         seeds: Reset seeds, one task each.
         group_size: Trajectories per seed (``group``), candidates per step (``truncated_step``).
-        sampler: ``"group"``, ``"truncated_step"`` or ``"tree"`` (`SAMPLERS`).
+        sampler: ``"group"``, ``"truncated_step"``, ``"tree"`` or ``"reflect_retry"`` (`SAMPLERS`).
         params: Sampling settings.
         max_turns, max_traj_tokens, max_context_tokens, env_kwargs, env_fn, tool_workers, max_concurrent,
             out, progress: See `RolloutEngine`.
@@ -678,3 +727,7 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "env_errors": reasons.get("env_error", 0),
         "stop_reasons": dict(sorted(reasons.items())),
     }
+
+
+# R³L's sampler lives in its own module; importing it registers SAMPLERS["reflect_retry"] whenever this module is used
+from turngym.agents import reflect_retry as _reflect_retry  # noqa: F401

@@ -33,7 +33,8 @@ from turngym.credit.base import (
 )
 from turngym.credit.groups import broadcast, group_norm, reverse_discounted_cumsum
 
-_METHOD_MODULES = ["outcome", "igpo", "matchtir", "siop", "slate", "gigpo", "gae", "tempo", "pure", "delta", "team"]
+_METHOD_MODULES = ["outcome", "igpo", "matchtir", "siop", "slate", "gigpo", "gae", "tempo", "pure", "delta", "team",
+                   "oprl", "r3l", "capo", "calm", "lare"]
 for _m in _METHOD_MODULES:
     if importlib.util.find_spec(f"turngym.credit.{_m}") is not None:
         importlib.import_module(f"turngym.credit.{_m}")

@@ -57,6 +57,7 @@ __all__ = [
     "CreditNeeds",
     "CreditOutput",
     "GroupBatch",
+    "LossType",
     "RatioLevel",
     "assign_credit",
     "credit_needs",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 RatioLevel = Literal["token", "turn", "sequence"]
+LossType = Literal["clip", "reinforce"]
 ANCHOR_KEY = "anchor_obs"
 """``Turn.info[ANCHOR_KEY]``: the environment state shown before the action (GiGPO anchor), without history."""
 PROMPT_SIGNALS_KEY = "prompt_signals"
@@ -427,6 +429,12 @@ class CreditOutput:
         ratio_level: Importance-ratio granularity the loss must use: "token", "turn" or "sequence".
         returns: ``[B, L]`` critic targets (GAE only) or None.
         clip_scale: ``[B, L]`` multiplier of ε_low and ε_high per token (A²TGPO) or None (= 1).
+        loss_mask: ``[B, L]`` bool, the tokens the policy loss trains (a subset of ``action_mask``), or None
+            (= ``action_mask``). Tokens outside it leave the loss *and* its token-mean denominators (R³L's pivotal
+            credit masks the shared prefix of a retry pair).
+        loss_type: ``"clip"`` (the trainer's clipped importance-ratio surrogate) or ``"reinforce"`` (no ratio, no
+            clipping: ``ℓ = −A·log π·loss_scale``; R³L).
+        loss_scale: Multiplier of the ``"reinforce"`` loss (R³L's OPMD factor ``1/(1+τ)``).
         diagnostics: Scalar statistics (see `standard_diagnostics` and each method's docstring).
     """
 
@@ -436,6 +444,9 @@ class CreditOutput:
     ratio_level: RatioLevel = "token"
     returns: Tensor | None = None
     clip_scale: Tensor | None = None
+    loss_mask: Tensor | None = None
+    loss_type: LossType = "clip"
+    loss_scale: float = 1.0
     diagnostics: dict[str, float] = field(default_factory=dict)
     _by_construction: bool = field(default=False, init=False, repr=False, compare=False)
     """Set by `finish`: token tensors are gathers of finite turn tables with a 0 (1 for clip) fill on non-policy
@@ -457,10 +468,14 @@ class CreditNeeds:
             ``Turn.signals`` / prompt signals, run in this order before the batch is built.
         token_features: Names of token-feature builders (``turngym.credit.signals.TOKEN_FEATURES``) whose tensors go
             into ``GroupBatch.token_features`` (e.g. DelTA's ``"hidden"``).
+        learned: Names of trainer-owned learned signal components (``turngym.trainers.learned.LEARNED_SIGNALS``:
+            OPRL's implicit PRM, LaRe's reward decoder): stateful models trained across steps beside the policy,
+            checkpointed with the run, that write token features or turn signals into the batch before credit.
     """
 
     signals: tuple[str, ...] = ()
     token_features: tuple[str, ...] = ()
+    learned: tuple[str, ...] = ()
 
 
 def _names(name: str, what: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -471,7 +486,7 @@ def _names(name: str, what: str, names: Sequence[str]) -> tuple[str, ...]:
 
 
 def register_credit(name: str, config_cls: type, *, signals: Sequence[str] = (), token_features: Sequence[str] = (),
-                    overwrite: bool = False) -> Callable[[CreditFn], CreditFn]:
+                    learned: Sequence[str] = (), overwrite: bool = False) -> Callable[[CreditFn], CreditFn]:
     """Decorator: register ``fn(batch, cfg)`` under ``name`` with its frozen config dataclass and its declared needs.
 
     Args:
@@ -481,16 +496,20 @@ def register_credit(name: str, config_cls: type, *, signals: Sequence[str] = (),
             order they must run (e.g. ``("siop_cluster", "siop_support")``). The trainer builds exactly these.
         token_features: Token-feature builders the method needs (``turngym.credit.signals.TOKEN_FEATURES``), e.g.
             ``("hidden",)``.
+        learned: Learned signal components the method needs (``turngym.trainers.learned.LEARNED_SIGNALS``), e.g.
+            ``("implicit_prm",)``; they run after the batch is packed, before credit, and train after it.
         overwrite: Replace an existing registration of ``name``.
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_credit({name!r}): config_cls must be a dataclass, got {config_cls!r}.")
-    needs = CreditNeeds(_names(name, "signals", signals), _names(name, "token_features", token_features))
+    needs = CreditNeeds(_names(name, "signals", signals), _names(name, "token_features", token_features),
+                        _names(name, "learned", learned))
 
     def deco(fn: CreditFn) -> CreditFn:
         fn.config_cls = config_cls  # type: ignore[attr-defined]
         fn.signals = needs.signals  # type: ignore[attr-defined]
         fn.token_features = needs.token_features  # type: ignore[attr-defined]
+        fn.learned = needs.learned  # type: ignore[attr-defined]
         CREDIT.add(name, fn, overwrite=overwrite)
         return fn
 
@@ -501,7 +520,8 @@ def credit_needs(name: str) -> CreditNeeds:
     """The signals and token features credit method ``name`` declared (empty for a function added to `CREDIT`
     without `register_credit`). Raises `RegistryError` for an unknown method."""
     fn = CREDIT[name]
-    return CreditNeeds(tuple(getattr(fn, "signals", ())), tuple(getattr(fn, "token_features", ())))
+    return CreditNeeds(tuple(getattr(fn, "signals", ())), tuple(getattr(fn, "token_features", ())),
+                       tuple(getattr(fn, "learned", ())))
 
 
 RefineFn = Callable[[CreditOutput, GroupBatch, Any], CreditOutput]
@@ -576,6 +596,15 @@ def check_output(batch: GroupBatch, out: CreditOutput, name: str = "?") -> None:
                           f"expected {(b, length)}.")
     if out.ratio_level not in ("token", "turn", "sequence"):
         raise CreditError(f"credit method {name!r} returned ratio_level={out.ratio_level!r}.")
+    if out.loss_type not in ("clip", "reinforce"):
+        raise CreditError(f"credit method {name!r} returned loss_type={out.loss_type!r}.")
+    if out.loss_mask is not None:
+        lm = out.loss_mask
+        if tuple(lm.shape) != (b, length) or lm.dtype != torch.bool:
+            raise CreditError(f"credit method {name!r} returned a loss_mask of shape {tuple(lm.shape)} and dtype "
+                              f"{lm.dtype}; expected bool {(b, length)}.")
+        if bool((lm & batch.off_policy_mask).any()):
+            raise CreditError(f"credit method {name!r} returned a loss_mask with non-policy tokens.")
     if out._by_construction:
         return
     # a finite sum implies finite entries (one pass instead of isfinite + all)

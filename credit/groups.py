@@ -34,6 +34,7 @@ __all__ = [
     "group_norm",
     "group_norm_masked",
     "group_norm_with_stats",
+    "process_grpo",
     "reverse_discounted_cumsum",
     "turn_last_index",
     "turn_rewards_to_token_rewards",
@@ -240,6 +241,27 @@ def reverse_discounted_cumsum(v: Tensor, turn_mask: Tensor, gamma: float) -> Ten
         run = torch.where(m[:, kk], vz[:, kk] + gamma * run, run)
         out[:, kk] = torch.where(m[:, kk], run, torch.zeros_like(run))
     return out
+
+
+def process_grpo(r: Tensor, turn_mask: Tensor, group_index: Tensor, *, gamma: float = 1.0, unbiased: bool = True,
+                 div_eps: float = 1e-6, singleton: Singleton = "zero") -> tuple[Tensor, GroupNormStats]:
+    """Per-turn rewards to per-turn advantages by DeepSeekMath's process-supervision rule (wave-2 spec §1.2).
+
+    ``r̂`` = `group_norm` of every valid turn reward of a prompt group in one pool, then
+    ``A_{i,k} = Σ_{j≥k} γ^{j−k} r̂_{i,j}`` (`reverse_discounted_cumsum`). Used by CALM and LaRe, which produce rewards,
+    not advantages. Non-finite rewards count as missing (0, out of the statistics).
+
+    Args:
+        r: ``[B, K]`` per-turn rewards.
+        turn_mask: ``[B, K]`` bool.
+        group_index: ``[B]`` prompt group of each row.
+
+    Returns:
+        ``([B, K] float64 advantages, 0 on invalid turns, group statistics)``.
+    """
+    key = group_index[:, None].expand_as(r)
+    rn, st = group_norm_masked(r, key, turn_mask.bool(), unbiased=unbiased, div_eps=div_eps, singleton=singleton)
+    return reverse_discounted_cumsum(rn, turn_mask, gamma), st
 
 
 def broadcast(v: Tensor, turn_id: Tensor) -> Tensor:

@@ -648,6 +648,13 @@ class SignalContext:
         answer_suffix: Text after it.
         model: The policy model, for builders that run it (e.g. the ``"hidden"`` token feature), or None.
         chunk_size: Rows per no-grad forward pass of a builder that runs the model.
+        judge: ``judge(prompts) -> completions``: an LLM judge / generator (the trainer builds one over an
+            OpenAI-compatible server from ``judge_url``, `turngym.agents.judge.OpenAIJudge`), or None: providers
+            that can use an LLM (CAPO, CALM, LaRe) then use their rule-based stand-ins and say so.
+        signal_options: Options of the providers and learned components (the trainer's ``signals.<option>=value``
+            settings); each reads its own fields with `options_for`.
+        run_dir: The run directory, where providers keep what must survive a resume (CALM's subgoal cache, LaRe's
+            generated code), or None (in memory only).
     """
 
     method: str = ""
@@ -658,6 +665,16 @@ class SignalContext:
     answer_suffix: str = DEFAULT_PROBE_SUFFIX
     model: Any = None
     chunk_size: int = 16
+    judge: Callable[[Sequence[str]], Sequence[str]] | None = None
+    signal_options: Mapping[str, Any] = field(default_factory=dict)
+    run_dir: Any = None
+
+    def options_for(self, config_cls: type) -> Any:
+        """``config_cls`` (a dataclass) built from the entries of ``signal_options`` that name its fields."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        return config_cls(**{k: v for k, v in self.signal_options.items() if k in names})
 
     def require(self, who: str, *fields: str) -> None:
         """Raise `ConfigError` if one of ``fields`` is None (``who`` names the provider or builder)."""
@@ -704,7 +721,9 @@ def build_providers(method: str, ctx: SignalContext) -> list[SignalProvider]:
             factory lacks a field of ``ctx``.
     """
     names = credit_needs(method).signals
-    factories = [_lookup(SIGNAL_PROVIDERS, n, method, "signal provider") for n in names]  # all checked first
+    hint = (" Providers that run the trainer's tools (LaRe's 'lare_latent', sandboxed) are registered by "
+            "turngym.trainers.learned.import_builtin(), which the trainer calls.")
+    factories = [_lookup(SIGNAL_PROVIDERS, n, method, "signal provider", hint) for n in names]  # all checked first
     return [f(ctx) for f in factories]
 
 

@@ -114,3 +114,51 @@ def scratch():
     yield added
     for registry, name in added:
         registry.remove(name)
+
+
+class _CannedJudgePolicy:
+    """A `Policy` whose completion of a prompt is ``respond(prompt_text)``: the model behind a loopback judge
+    server in tests (the server, its HTTP and the client are the project's real ones)."""
+
+    def __init__(self, tokenizer, respond):
+        self.tokenizer, self.respond, self.prompts = tokenizer, respond, []
+
+    def generate(self, contexts, params, *, envs=None):
+        from turngym.agents.policy import Sample
+
+        out = []
+        for ids in contexts:
+            text = self.tokenizer.decode(ids)
+            self.prompts.append(text)
+            reply = str(self.respond(text))
+            rid = list(self.tokenizer.encode(reply, add_special_tokens=False))
+            out.append(Sample(ids=rid, logprobs=[0.0] * len(rid), text=reply, finish_reason="stop"))
+        return out
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    """A small byte-level BPE tokenizer (exact text round trip), built once per session."""
+    from turngym.agents.tiny import build_tokenizer
+
+    return build_tokenizer(["judge the steps of an agent; reply with JSON [0, 1] {\"a\": true}"] * 4, vocab_size=300)
+
+
+@pytest.fixture
+def judge_server(byte_tokenizer):
+    """``start(respond) -> (url, policy)``: the project's OpenAI-compatible completions server on loopback, serving a
+    judge whose completion of each prompt is ``respond(prompt_text)`` (``policy.prompts`` records what it was
+    asked). Servers stop after the test."""
+    from turngym.agents.openai_server import CompletionServer
+
+    servers = []
+
+    def start(respond):
+        policy = _CannedJudgePolicy(byte_tokenizer, respond)
+        srv = CompletionServer(policy, byte_tokenizer, model_name="canned-judge").start()
+        servers.append(srv)
+        return srv.url + "/v1", policy
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -98,6 +98,7 @@ class Checkpoint:
         extra: Any other JSON-able trainer state (NaN-guard counters, best eval, ...).
         config: The resolved config dict at save time.
         trainable_only: Whether ``model_state`` holds only the trainable tensors.
+        components: ``{name: state_dict}`` of the learned signal components (`turngym.trainers.learned`), or None.
     """
 
     path: Path
@@ -110,6 +111,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     trainable_only: bool = False
+    components: dict[str, Any] | None = None
 
     def restore(
         self,
@@ -255,6 +257,7 @@ def save_checkpoint(
     keep: int = 2,
     trainable_only: bool = False,
     rng: Mapping[str, Any] | None = None,
+    components: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and prune old ones.
 
@@ -271,6 +274,8 @@ def save_checkpoint(
         trainable_only: Save only parameters with ``requires_grad`` (LoRA adapters); restore with
             ``strict=False``.
         rng: RNG states to store; default :func:`capture_rng` at call time.
+        components: ``{name: state_dict}`` of learned signal components (``components.pt``; tensors, numbers,
+            strings, lists and dicts only, read back with ``weights_only=True``).
 
     Returns:
         The folder of the new checkpoint.
@@ -297,6 +302,9 @@ def save_checkpoint(
             }
             _torch_save_synced(opt, tmp / "optimizer.pt")
             files.append("optimizer.pt")
+        if components:
+            _torch_save_synced(dict(components), tmp / "components.pt")
+            files.append("components.pt")
         rng_state = dict(rng) if rng is not None else capture_rng()
         tensors = {k: v for k, v in rng_state.items() if k in ("torch", "torch_cuda")}
         _torch_save_synced(tensors, tmp / "rng.pt")
@@ -445,7 +453,7 @@ def verify(path: str | os.PathLike[str], *, required: tuple[str, ...] = ("state.
 
 
 #: Files :func:`load_checkpoint` reads; each must be listed (and so checksummed) in the manifest.
-_LOADED = ("model.pt", "optimizer.pt", "rng.pt", "state.json", "config.yaml")
+_LOADED = ("model.pt", "optimizer.pt", "rng.pt", "state.json", "config.yaml", "components.pt")
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -467,6 +475,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         if "optimizer.pt" in listed:
             opt = torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
             optimizer_state, scheduler_state = opt.get("optimizer"), opt.get("scheduler")
+        components = None
+        if "components.pt" in listed:
+            components = torch.load(path / "components.pt", map_location=map_location, weights_only=True)
         rng = dict(state.get("rng", {}))
         rng.update(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
         config: dict[str, Any] = {}
@@ -487,6 +498,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         extra=state.get("extra", {}),
         config=config,
         trainable_only=bool(state.get("trainable_only", False)),
+        components=components,
     )
 
 

@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class Setup:
     policy: Any
     device: torch.device
     pad_id: int
+    learned: list = field(default_factory=list)
+    """The credit method's learned signal components (`turngym.trainers.learned`), built by the loop after the
+    warm start; empty for most methods."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,6 +188,7 @@ def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *
         cfg.env_id, policy, s.renderer, seeds, group_size, sampler=sampler or cfg.sampler,
         params=sampling_params(cfg, temperature=temperature), max_turns=cfg.max_turns,
         max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
+        sampler_kwargs=cfg.sampler_options if sampler in (None, cfg.sampler) else None,
     )
 
 
@@ -311,28 +315,38 @@ def answer_template(cfg: TrainConfig) -> tuple[str, str]:
     return _ANSWER_TEMPLATES[key]
 
 
-def signal_context(cfg: TrainConfig, s: Setup) -> SignalContext:
+def signal_context(cfg: TrainConfig, s: Setup, run_dir: Any = None) -> SignalContext:
     """The `turngym.credit.signals.SignalContext` the trainer hands to signal-provider factories and token-feature
     builders: the probe scorer over the current policy (π_θold at rollout time), its tokenizer, the env's answer
     template (`answer_template`: the gold probe and SIOP's support score the answer in the env's own format), the
-    model and the credit options."""
+    model, the credit options, the ``signals.*`` options, the LLM judge (``judge_url``; None without one) and the
+    run directory."""
     from turngym.credit.signals import hf_tokenize
     from turngym.trainers.probe import probe_scorer
 
     pre, suf = answer_template(cfg)
+    judge = None
+    if cfg.judge_url:
+        from turngym.agents.judge import OpenAIJudge
+
+        judge = OpenAIJudge(cfg.judge_url, model=cfg.judge_model or None, temperature=cfg.judge_temperature,
+                            max_tokens=cfg.judge_max_tokens)
     return SignalContext(method=cfg.credit, options=dict(cfg.credit_overrides), scorer=probe_scorer(s.model, s.pad_id),
-                         tokenize=hf_tokenize(s.tokenizer), answer_prefix=pre, answer_suffix=suf, model=s.model)
+                         tokenize=hf_tokenize(s.tokenizer), answer_prefix=pre, answer_suffix=suf, model=s.model,
+                         judge=judge, signal_options=dict(cfg.signal_overrides), run_dir=run_dir)
 
 
-def signal_providers(cfg: TrainConfig, s: Setup) -> list[Any]:
+def signal_providers(cfg: TrainConfig, s: Setup, run_dir: Any = None) -> list[Any]:
     """The providers credit method ``cfg.credit`` declares (``register_credit(..., signals=...)``), in order, built
     from `signal_context` (`turngym.credit.signals.build_providers`); ``[]`` when it declares none."""
     from turngym.credit import credit_needs
     from turngym.credit.signals import build_providers
+    from turngym.trainers.learned import import_builtin
 
     if not credit_needs(cfg.credit).signals:
         return []
-    return build_providers(cfg.credit, signal_context(cfg, s))
+    import_builtin()  # providers registered by trainer-side modules (LaRe's sandboxed code)
+    return build_providers(cfg.credit, signal_context(cfg, s, run_dir))
 
 
 def overlong_shaping(cfg: TrainConfig, batch: Any) -> dict[str, float]:

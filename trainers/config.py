@@ -43,7 +43,7 @@ LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "se
 KLType = Literal["k1", "k2", "k3", "k1+", "k3+"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 RolloutBackend = Literal["local", "ray"]
-Sampler = Literal["group", "truncated_step", "tree"]
+Sampler = Literal["group", "truncated_step", "tree", "reflect_retry"]
 GenerationBackend = Literal["hf", "vllm"]
 LRDecay = Literal["constant", "linear", "cosine"]
 Critic = Literal["head", "separate"]
@@ -56,8 +56,41 @@ VALUE_CREDITS = frozenset({"gae", "ppo-bad"})
 class TrainConfig:
     """Everything `turngym train` needs, flat. Override any field with ``key=value``."""
 
-    DICT_ALIASES: ClassVar[Mapping[str, str]] = {"credit": "credit_overrides"}
-    """``credit.alpha=0.5`` sets ``credit_overrides.alpha`` (see `turngym.config.parse_overrides`)."""
+    DICT_ALIASES: ClassVar[Mapping[str, str]] = {"credit": "credit_overrides", "signals": "signal_overrides",
+                                                 "sampler": "sampler_options"}
+    """``credit.alpha=0.5`` sets ``credit_overrides.alpha``, ``signals.lr=1e-6`` sets ``signal_overrides.lr``,
+    ``sampler.reflection=policy`` sets ``sampler_options.reflection`` (see `turngym.config.parse_overrides`)."""
+
+    SECTIONS: ClassVar[Mapping[str, tuple[str, tuple[str, ...]]]] = {
+        "env": ("Environment", ("env_id", "env_imports", "env_kwargs", "max_turns")),
+        "model": ("Model", ("model", "model_size", "lora", "lora_r", "lora_alpha", "lora_dropout", "device", "dtype",
+                            "torch_threads", "seed", "cache_dir")),
+        "algorithm": ("Algorithm", (
+            "algo", "credit", "credit_overrides", "signal_overrides", "judge_url", "judge_model", "judge_temperature",
+            "judge_max_tokens", "group_size", "tasks_per_step", "steps", "lr", "weight_decay", "warmup_steps",
+            "lr_decay", "lr_min_ratio", "max_grad_norm", "minibatch_size", "update_chunk_rows", "grad_accum",
+            "ppo_epochs", "eps_low", "eps_high", "dual_clip_c", "ratio_level", "loss_agg", "kl_coef", "kl_type",
+            "kl_in_reward", "entropy_coef")),
+        "critic": ("PPO critic", ("gamma", "gae_lambda", "value_coef", "value_clip", "critic", "critic_lr")),
+        "multi": ("Multi-agent (algo=multi)", ("multi_mode", "selfplay_every", "selfplay_pool")),
+        "dapo": ("DAPO switches", ("dynamic_sampling", "dynamic_sampling_max_rounds", "overlong_buffer",
+                                   "overlong_penalty")),
+        "sampling": ("Sampling", ("temperature", "top_p", "max_new_tokens", "max_traj_tokens", "sampler",
+                                  "sampler_options", "max_staleness")),
+        "scale": ("Scale", ("rollout_backend", "rollout_workers", "rollout_worker_cpus", "generation_backend",
+                            "vllm_gpu_memory_utilization", "vllm_sleep_level")),
+        "sft": ("SFT warm start", ("pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "sft_episodes",
+                                   "sft_batch_size", "expert_noise")),
+        "eval": ("Evaluation", ("eval_tasks", "eval_seed", "eval_every", "eval_temperature")),
+        "run": ("Run directory and logging", ("run_dir", "resume", "checkpoint_every", "keep_checkpoints", "log_every",
+                                              "save_trajectories", "max_nonfinite_steps", "tensorboard", "wandb",
+                                              "wandb_project", "progress", "report")),
+    }
+    """The fields grouped into sections: ``section -> (title, fields)``. Every field is in exactly one. A section is
+    also a prefix: ``sampling.temperature=0.7`` (or ``sampling: {temperature: 0.7}`` in YAML) sets ``temperature``;
+    inside a section the section's own prefix may be left out (``sft.steps`` = ``sft_steps``, ``eval.tasks`` =
+    ``eval_tasks``, ``model.size`` = ``model_size``, ``model.name`` = ``model``). The flat names keep working, and
+    presets, checkpoints and ``config.yaml`` files stay flat. `TrainConfig.section` reads one section."""
 
     # --- environment
     env_id: str = "search/HopQA-v0"
@@ -100,6 +133,16 @@ class TrainConfig:
     """Credit-assignment method, a key of `turngym.credit.CREDIT` (e.g. grpo, a2tgpo, matchtir, siop, gigpo)."""
     credit_overrides: dict[str, Any] = field(default_factory=dict)
     """Options of the credit method's own config, checked against its fields; set one with credit.name=value (or credit_overrides.name=value); `turngym train --help-config credit=NAME` lists them."""
+    signal_overrides: dict[str, Any] = field(default_factory=dict)
+    """Options of the signal providers and learned components the credit method declares (CAPO's n_critiques, OPRL's PRM lr, LaRe's decoder, ...), checked against their config fields; set one with signals.name=value."""
+    judge_url: str = ""
+    """OpenAI-compatible server (".../v1") of the LLM judge / generator that CAPO, CALM and LaRe use; empty: their rule-based stand-ins (gold calls and answers of the built-in envs)."""
+    judge_model: str = ""
+    """Model name sent to judge_url; empty: the first model the server lists."""
+    judge_temperature: float = 0.7
+    """Sampling temperature of the judge (> 0, so that repeated critiques can disagree and voting means something)."""
+    judge_max_tokens: int = 512
+    """Token budget of one judge completion."""
     group_size: int = 8
     """Rollouts per task (G): the group used for baselines."""
     tasks_per_step: int = 8
@@ -190,7 +233,13 @@ class TrainConfig:
     max_traj_tokens: int = 768
     """Token budget of a whole trajectory (prompt, actions and observations)."""
     sampler: Sampler = "group"
-    """How rollouts are drawn: "group" (G full episodes per task), "truncated_step" (SLATE), "tree" (shared prefixes)."""
+    """How rollouts are drawn: "group" (G full episodes per task), "truncated_step" (SLATE), "tree" (shared prefixes), "reflect_retry" (R³L: half the group sampled, failures reflected on and retried from the diagnosed turn)."""
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the sampler (e.g. R³L's reflection="policy", sft_trigger="release"); set one with sampler.name=value. Checked against the sampler's signature."""
+    max_staleness: int = 0
+    """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
+
+    # --- scale
     rollout_backend: RolloutBackend = "local"
     """Where envs and tools run: "local" (this process) or "ray" (actors; needs turngym[ray])."""
     rollout_workers: int = 1
@@ -203,8 +252,6 @@ class TrainConfig:
     """Share of the GPU vLLM pre-allocates for weights and KV cache (CUDA only; the learner needs the rest)."""
     vllm_sleep_level: int = 0
     """vLLM sleep mode during each update (CUDA only): 0 keeps the engine's memory, 1 offloads its weights to CPU RAM and frees the KV cache, 2 frees both (the update's weights are pushed on wake-up either way)."""
-    max_staleness: int = 0
-    """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
 
     # --- sft warm start
     pretrain_steps: int = 0
@@ -272,6 +319,14 @@ class TrainConfig:
         """A copy with some fields changed (checks run again)."""
         return dataclasses.replace(self, **changes)
 
+    def section(self, name: str) -> dict[str, Any]:
+        """The fields of section ``name`` (`SECTIONS`) and their values, e.g. ``cfg.section("sampling")``."""
+        if name not in self.SECTIONS:
+            from turngym.registry import unknown_name_message
+
+            raise ConfigError(unknown_name_message("config section", name, list(self.SECTIONS)))
+        return {f: getattr(self, f) for f in self.SECTIONS[name][1]}
+
     def credit_config(self) -> Any:
         """The credit method's config dataclass built from ``credit_overrides`` (checked and coerced).
 
@@ -293,6 +348,9 @@ class TrainConfig:
         credit_reg = _credit_registry()
         if credit_reg is not None:
             check_credit_options(self.credit, self.credit_overrides)
+            check_signal_options(self.credit, self.signal_overrides)
+        if self.sampler_options:
+            check_sampler_options(self.sampler, self.sampler_options)
         if self.model == "tiny":
             sizes = _optional_attr("turngym.agents.tiny", "TINY_SIZES")
             if sizes is not None and self.model_size not in sizes:
@@ -374,6 +432,67 @@ def check_credit_options(method: str, options: Mapping[str, Any]) -> dict[str, A
         msg = f"credit={method}: " + " ".join(str(err).split())
     if msg:
         raise ConfigError(f"{msg} Run `turngym train --help-config credit={method}` for its options.")
+    return out
+
+
+def signal_option_classes(method: str) -> list[type]:
+    """The config dataclasses of the signal providers and learned components credit method ``method`` declares
+    (a provider factory or component factory carries its options class as ``config_cls``)."""
+    from turngym.credit import credit_needs
+    from turngym.credit.signals import SIGNAL_PROVIDERS
+    from turngym.trainers.learned import LEARNED_SIGNALS, import_builtin
+
+    needs = credit_needs(method)
+    if needs.signals or needs.learned:
+        import_builtin()  # trainer-side providers and components register on import
+    out: list[type] = []
+    for reg, names in ((SIGNAL_PROVIDERS, needs.signals), (LEARNED_SIGNALS, needs.learned)):
+        for n in names:
+            cls = getattr(reg[n], "config_cls", None) if n in reg else None
+            if cls is not None and cls not in out:
+                out.append(cls)
+    return out
+
+
+def check_sampler_options(sampler: str, options: Mapping[str, Any]) -> None:
+    """Check ``sampler.<option>`` settings against the keyword arguments sampler ``sampler`` accepts; `ConfigError`
+    naming the known ones otherwise."""
+    import inspect
+
+    from turngym.agents.rollout import SAMPLERS
+    from turngym.registry import unknown_name_message
+
+    params = inspect.signature(SAMPLERS[sampler]).parameters
+    known = [n for n, p in list(params.items())[3:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in options:
+        if key not in known:
+            raise ConfigError(unknown_name_message(f"sampler={sampler} option", str(key), known)
+                              + (" Fix: sampler.<one of them>=value." if known else
+                                 f" sampler={sampler} takes no options."))
+
+
+def check_signal_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``signals.<field>`` options (``signal_overrides``) against the option classes of the providers and
+    learned components credit method ``method`` declares (`signal_option_classes`); values coerced to the field
+    types. Raises `ConfigError` for an unknown option (listing the known ones) or a bad value."""
+    from turngym.config import field_types, parse_value
+    from turngym.registry import unknown_name_message
+
+    if not options:
+        return {}
+    types_: dict[str, Any] = {}
+    for cls in signal_option_classes(method):
+        for k, t in field_types(cls).items():
+            types_.setdefault(k, t)
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in types_:
+            raise ConfigError(
+                unknown_name_message(f"credit={method} signal option", str(key), sorted(types_))
+                + (" Fix: signals.<one of them>=value." if types_ else
+                   f" credit={method} declares no provider or learned component with options.")
+            )
+        out[key] = parse_value(f"signals.{key}", value, types_[key])
     return out
 
 
@@ -507,7 +626,7 @@ INT_RANGES: dict[str, tuple[Any, ...]] = {
         "group_size", "tasks_per_step", "minibatch_size", "grad_accum", "ppo_epochs", "max_new_tokens",
         "max_traj_tokens", "log_every", "keep_checkpoints", "sft_batch_size", "rollout_workers",
         "max_nonfinite_steps", "lora_r", "lora_alpha", "dynamic_sampling_max_rounds", "selfplay_every",
-        "selfplay_pool")},
+        "selfplay_pool", "judge_max_tokens")},
     **{name: (0, _MAX) for name in (
         "steps", "sft_steps", "sft_episodes", "eval_tasks", "eval_every", "checkpoint_every", "save_trajectories",
         "warmup_steps", "overlong_buffer", "max_staleness", "pretrain_steps")},
@@ -613,6 +732,8 @@ def _check_sampling(c: TrainConfig) -> str:
         )
     if c.eval_temperature < 0:
         return f"eval_temperature={c.eval_temperature} must be >= 0 (0 is greedy)."
+    if c.judge_temperature < 0:
+        return f"judge_temperature={c.judge_temperature} must be >= 0 (0 is greedy)."
     if not 0 < c.top_p <= 1:
         return f"top_p={c.top_p} must be in (0, 1]."
     if c.max_new_tokens > c.max_traj_tokens:
@@ -648,6 +769,13 @@ def _check_async(c: TrainConfig) -> str:
         return (
             f"max_staleness={c.max_staleness} (async rollouts) with algo='multi': the multi-agent trainer samples "
             "synchronously. Fix: max_staleness=0, or algo=grpo / algo=ppo."
+        )
+    if c.sampler == "reflect_retry" and (c.max_staleness or c.dynamic_sampling):
+        return (
+            f"sampler=reflect_retry (R³L) with max_staleness={c.max_staleness}, dynamic_sampling="
+            f"{str(c.dynamic_sampling).lower()}: its retries' suffixes were sampled under a guided context, so they "
+            "have no behaviour log-probs for async ratios, and dynamic sampling would drop its singleton SFT groups. "
+            "Fix: max_staleness=0 dynamic_sampling=false."
         )
     if c.max_staleness and c.dynamic_sampling:
         return (
@@ -799,4 +927,7 @@ def resolve_train_config(
         options = check_credit_options(cfg.credit, cfg.credit_overrides)  # values coerced to the field types
         if options != cfg.credit_overrides or any(type(v) is not type(cfg.credit_overrides[k]) for k, v in options.items()):
             cfg = cfg.replace(credit_overrides=options)
+        sig = check_signal_options(cfg.credit, cfg.signal_overrides)
+        if sig != cfg.signal_overrides or any(type(v) is not type(cfg.signal_overrides[k]) for k, v in sig.items()):
+            cfg = cfg.replace(signal_overrides=sig)
     return cfg

@@ -46,7 +46,7 @@ import torch
 
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
-from turngym.trainers import common, loop
+from turngym.trainers import common, learned, loop
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
@@ -111,7 +111,9 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
     # --- 4. credit
     t0 = time.perf_counter()
     batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
+    metrics |= learned.before_credit(s.learned, batch, step)  # OPRL's PRM log-probs, LaRe's decoded rewards
     out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
+    metrics |= learned.after_credit(s.learned, batch, out, step)  # their own training step
     annotate(trajs, batch, out, s.tokenizer, cfg.credit, limit=cfg.save_trajectories)  # for `turngym view`
     metrics["perf/credit_s"] = time.perf_counter() - t0
     metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
@@ -182,6 +184,9 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
     t0 = time.perf_counter()
     run_providers(trajs, providers)  # current weights, before the update (the behaviour policy unless async)
     metrics["perf/signals_s"] = time.perf_counter() - t0
+    for p in providers:  # a provider's own counters (judge prompts, unparseable replies, ...), if it keeps any
+        if callable(getattr(p, "metrics", None)):
+            metrics |= {f"signals/{p.name}/{k.rsplit('/', 1)[-1]}": float(v) for k, v in p.metrics().items()}
 
     t0 = time.perf_counter()
     batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)

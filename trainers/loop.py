@@ -7,7 +7,9 @@
 2. **Setup**: model, tokenizer and env (`common.setup`), NaN guard, run log.
 3. **Resume or warm start**: a fresh run warm-starts (SFT on the scripted expert); then the algorithm builds what a
    checkpoint holds and its optimizer (`Algorithm.build`: the policy alone for GRPO, policy + critic for PPO); a
-   resumed run restores them, a fresh one evaluates the held-out tasks and writes checkpoint 0. The vLLM sampler
+   resumed run restores them, a fresh one evaluates the held-out tasks and writes checkpoint 0. The credit method's
+   learned signal components (`turngym.trainers.learned`: OPRL's PRM, LaRe's decoder) are built here too and
+   travel in every checkpoint. The vLLM sampler
    starts from the weights either way; the KL reference is the policy as it entered RL (`kl_reference`).
 4. **Steps**: `Algorithm.step` (rollout, signals, credit, update) returns the step's trajectories and metrics;
    the loop logs them, evaluates every ``eval_every`` steps and checkpoints every ``checkpoint_every`` steps.
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from turngym.credit import CREDIT
-from turngym.trainers import common
+from turngym.trainers import common, learned
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import (
     CheckpointError,
@@ -72,8 +74,10 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
         sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
         run.log(0, sft, kind="sft")
     modules, optimizer = algo.build(cfg, s)
+    s.learned = learned.build_learned(cfg.credit, learned_context(cfg, s, run.run_dir))  # OPRL's PRM, LaRe's decoder
     if ckpt is not None:
         ckpt.restore(modules, optimizer)
+        learned.load_learned_state(s.learned, ckpt.components, where=str(ckpt.path))
         guard.load_state_dict(ckpt.extra.get("nanguard", {}))
         start, before = ckpt.step, ckpt.extra.get("eval_before", {})
         run.message(f"resumed from {ckpt.path} at step {start}")
@@ -84,9 +88,9 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
         before, trajs = common.evaluate(cfg, s)
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
-        checkpoint(cfg, run, modules, optimizer, 0, guard, before)
+        checkpoint(cfg, run, modules, optimizer, 0, guard, before, s.learned)
     ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)  # the policy only, stored once per run
-    providers = common.signal_providers(cfg, s)
+    providers = common.signal_providers(cfg, s, run_dir=run.run_dir)
 
     # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
     producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
@@ -101,7 +105,7 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before)
+                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before, s.learned)
     finally:
         if producer is not None:
             producer.close()
@@ -110,7 +114,7 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
     after, trajs = common.evaluate(cfg, s)
     run.log(cfg.steps, after, kind="eval")
     run.log_trajectories(cfg.steps, trajs, kind="eval")
-    checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before)
+    checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before, s.learned)
     summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
                "success_after": after.get("eval/success"), "steps": cfg.steps, "credit": cfg.credit}
     summary |= algo.summary(cfg)
@@ -163,11 +167,22 @@ def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
     return ref
 
 
-def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict) -> None:
-    """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets included)."""
+def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict,
+               components: list | None = None) -> None:
+    """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets and the learned signal
+    components included)."""
     run.sync()
     save_checkpoint(
         run.run_dir, step, model=model, optimizer=optimizer, data_state={"next_step": step}, config=cfg,
         keep=cfg.keep_checkpoints, trainable_only=cfg.lora, rng=capture_rng(),
         extra={"nanguard": guard.state_dict(), "eval_before": before, "runlog": run.state_dict()},
+        components=learned.learned_state(components or []),
     )
+
+
+def learned_context(cfg: TrainConfig, s: common.Setup, run_dir) -> learned.LearnedContext:
+    """What a learned signal component gets from the trainer (`turngym.trainers.learned.LearnedContext`)."""
+    return learned.LearnedContext(
+        method=cfg.credit, options=dict(cfg.signal_overrides), credit_options=dict(cfg.credit_overrides),
+        model=s.model, tokenizer=s.tokenizer, device=s.device, temperature=cfg.temperature,
+        chunk_size=cfg.update_chunk_rows or 8, run_dir=run_dir, seed=cfg.seed, async_rollouts=cfg.max_staleness > 0)

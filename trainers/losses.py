@@ -40,12 +40,14 @@ __all__ = [
 ]
 
 RatioLevel = Literal["token", "turn", "sequence"]
+LossType = Literal["clip", "reinforce"]
 
 #: Every metric key returned by ``policy_loss`` / ``value_loss`` and what it measures (means over policy tokens).
 METRICS: dict[str, str] = {
     "loss": "total policy loss: pg_loss + kl_coef*kl_loss - entropy_coef*entropy",
-    "pg_loss": "aggregated clipped surrogate",
-    "clipfrac": "fraction of policy tokens whose clipped branch is active (ratio outside the clip range, against A)",
+    "pg_loss": "aggregated clipped surrogate (loss_type='clip') or REINFORCE term -A*logp*scale ('reinforce')",
+    "clipfrac": "fraction of policy tokens whose clipped branch is active (ratio outside the clip range, against A); "
+                "0 for loss_type='reinforce'",
     "clipfrac_low": "fraction of policy tokens clipped at 1-eps_low*c (A<0)",
     "clipfrac_high": "fraction of policy tokens clipped at 1+eps_high*c (A>0)",
     "dual_clipfrac": "fraction of policy tokens where the dual clip -A*c bound is active (A<0)",
@@ -57,7 +59,7 @@ METRICS: dict[str, str] = {
     "kl": "mean KL estimate (kl_type) to the reference policy over policy tokens (only when ref_logp is given)",
     "kl_loss": "aggregated KL term before multiplying by kl_coef (only when ref_logp is given)",
     "entropy": "aggregated token entropy (only when entropy is given)",
-    "n_tokens": "number of policy tokens in this (micro-)batch",
+    "n_tokens": "number of trained tokens in this (micro-)batch (policy tokens inside loss_mask)",
     "vf_loss": "clipped value loss (value_loss)",
     "vf_clipfrac": "fraction of policy tokens where the clipped value branch is larger (value_loss)",
     "vpred_mean": "mean predicted value over policy tokens (value_loss)",
@@ -228,8 +230,12 @@ def policy_loss(
     entropy_coef: float = 0.0,
     log_ratio_clamp: float = 20.0,
     segment_log_ratio_max: float = 10.0,
+    loss_mask: Tensor | None = None,
+    loss_type: LossType = "clip",
+    reinforce_scale: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped policy-gradient surrogate (PPO / GRPO / DAPO / A²TGPO / SLATE), spec §2.3, §3.1, §3.3.
+    """Clipped policy-gradient surrogate (PPO / GRPO / DAPO / A²TGPO / SLATE), spec §2.3, §3.1, §3.3, or the plain
+    REINFORCE term (R³L, wave-2 spec §3.2).
 
     Per policy token, with ratio ρ and clip scale c (1 if ``clip_scale`` is None)::
 
@@ -243,6 +249,15 @@ def policy_loss(
     gradient ``ρ_seg·∇logp_t`` while the clip decision is made per segment (turn = tokens with the same ``turn_id``
     in a row; sequence = all policy tokens of a row). With ``old_logp == logp`` the gradient is REINFORCE's
     ``−A·∇logp`` at every level.
+
+    ``loss_type="reinforce"`` (R³L): ``ℓ = −A·logp·reinforce_scale`` per token, no importance ratio and no clipping
+    (``clip_scale``, ``dual_clip_c`` and the ratio level do not enter the loss; the ratio metrics are still
+    reported). The KL and entropy terms are the same for both types.
+
+    ``loss_mask`` (R³L's pivotal credit): the trained tokens are ``action_mask ∧ loss_mask``; the other tokens leave
+    the loss *and* every denominator (token-mean token count, seq-mean row counts, per-row token counts, the KL and
+    entropy terms' masks), exactly as if they were not policy tokens. None = ``action_mask`` (bit-identical to not
+    passing it). Under data parallelism, ``global_tokens`` / ``global_seqs`` must count the same masked tokens.
 
     Args:
         logp: Current-policy log-probs of the sampled tokens ``[B, L]`` (carries the gradient).
@@ -266,19 +281,24 @@ def policy_loss(
         entropy_coef: Entropy bonus coefficient (negative: entropy minimisation).
         log_ratio_clamp: Token log-ratio clamp (verl: 20).
         segment_log_ratio_max: Upper clamp of the segment log-ratio (spec §3.3: 10).
+        loss_mask: Optional ``[B, L]`` mask of the tokens to train, intersected with ``action_mask``.
+        loss_type: ``"clip"`` (the surrogate above) or ``"reinforce"`` (``−A·logp·reinforce_scale``).
+        reinforce_scale: Factor of the REINFORCE term (R³L's OPMD ``1/(1+τ)``).
 
     Returns:
         ``(loss, metrics)``: a scalar tensor and a dict of floats (keys in ``METRICS``).
 
     Raises:
-        ValueError: On mismatched shapes, an unknown ratio level, ``ratio_level="turn"`` without ``turn_id``, a
-            positive ``kl_coef`` without ``ref_logp``, or ``dual_clip_c <= 1``.
+        ValueError: On mismatched shapes, an unknown ratio level or loss type, ``ratio_level="turn"`` without
+            ``turn_id``, a positive ``kl_coef`` without ``ref_logp``, or ``dual_clip_c <= 1``.
     """
     _check_2d("logp", logp)
     check_same_shape(
         "logp", logp, old_logp=old_logp, adv=adv, action_mask=action_mask, turn_id=turn_id,
-        clip_scale=clip_scale, ref_logp=ref_logp, entropy=entropy,
+        clip_scale=clip_scale, ref_logp=ref_logp, entropy=entropy, loss_mask=loss_mask,
     )  # fmt: skip
+    if loss_type not in ("clip", "reinforce"):
+        raise ValueError(f"loss_type must be 'clip' or 'reinforce'; got {loss_type!r}.")
     if ratio_level not in ("token", "turn", "sequence"):
         raise ValueError(f"ratio_level must be 'token', 'turn' or 'sequence'; got {ratio_level!r}.")
     if dual_clip_c is not None and dual_clip_c <= 1.0:
@@ -293,6 +313,8 @@ def policy_loss(
         )
 
     mask = _as_bool(action_mask)
+    if loss_mask is not None:  # R³L: masked policy tokens are no policy tokens for every term below
+        mask = mask & _as_bool(loss_mask)
     agg_kw = {"norm_len": agg_norm_len, "global_tokens": global_tokens, "global_seqs": global_seqs}
     # zero every off-mask entry first: garbage there (inf/NaN) must not reach values or gradients
     logp = torch.where(mask, logp, 0.0)
@@ -314,12 +336,16 @@ def policy_loss(
         clipped_ratio = torch.clamp(ratio, min=lo, max=hi)
     else:
         clipped_ratio = torch.minimum(torch.maximum(ratio, lo), hi)
-    loss1 = -adv * ratio
-    loss2 = -adv * clipped_ratio
-    pg_tok = torch.maximum(loss1, loss2)
-    clipped = mask & (loss2 > loss1)
     dual_active = torch.zeros_like(mask)
-    if dual_clip_c is not None:
+    if loss_type == "reinforce":  # R³L: no ratio, no clip
+        pg_tok = -adv * logp * reinforce_scale
+        clipped = torch.zeros_like(mask)
+    else:
+        loss1 = -adv * ratio
+        loss2 = -adv * clipped_ratio
+        pg_tok = torch.maximum(loss1, loss2)
+        clipped = mask & (loss2 > loss1)
+    if dual_clip_c is not None and loss_type == "clip":
         loss3 = -adv * dual_clip_c
         dual_active = mask & (adv < 0) & (loss3 < pg_tok)
         pg_tok = torch.where(adv < 0, torch.minimum(pg_tok, loss3), pg_tok)

@@ -45,14 +45,15 @@ Departures from PPO (Schulman et al., 2017) and its RLHF form (Ouyang et al. / v
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import torch
 
-from turngym.credit import assign_credit
+from turngym.credit import CREDIT, assign_credit
 from turngym.errors import ConfigError
-from turngym.trainers import common, loop
+from turngym.trainers import common, learned, loop
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
@@ -69,10 +70,11 @@ class PPO:
         self.credit_cfg: dict[str, Any] = {}
 
     def check(self, cfg: TrainConfig) -> None:
-        if cfg.credit not in VALUE_CREDITS:
+        if cfg.credit not in VALUE_CREDITS and cfg.credit_overrides.get("advantage") != "gae":
             raise ConfigError(
                 f"algo=ppo trains a critic for a value-based credit method ({', '.join(sorted(VALUE_CREDITS))}); "
-                f"got credit={cfg.credit!r}. Fix: credit=gae (or ppo-bad), or algo=grpo for {cfg.credit!r}."
+                f"got credit={cfg.credit!r}. Fix: credit=gae (or ppo-bad), a reward-shaping method with "
+                f"credit.advantage=gae (calm, lare), or algo=grpo for {cfg.credit!r}."
             )
 
     def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -91,7 +93,9 @@ class PPO:
         # --- 4. values of the critic before this update (V_old), credit (GAE / BAD over policy tokens)
         t0 = time.perf_counter()
         batch.values = self.critic.batch_values(s.model, batch)  # [B, L], 0 off policy tokens
+        metrics |= learned.before_credit(s.learned, batch, step)  # e.g. LaRe's decoded rewards
         out = assign_credit(cfg.credit, batch, **self.credit_cfg)
+        metrics |= learned.after_credit(s.learned, batch, out, step)
         metrics["perf/credit_s"] = time.perf_counter() - t0
         metrics |= {f"credit/{k}": v for k, v in out.diagnostics.items()}
         metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
@@ -128,4 +132,7 @@ def credit_options(cfg: TrainConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {"gamma": cfg.gamma, "lam": cfg.gae_lambda}
     if cfg.kl_in_reward:
         opts |= {"kl_coef": cfg.kl_coef, "kl_type": cfg.kl_type.rstrip("+")}
+    if cfg.credit not in VALUE_CREDITS:  # a reward-shaping method with advantage=gae: only the options it has
+        fields = {f.name for f in dataclasses.fields(CREDIT[cfg.credit].config_cls)}
+        opts = {k: v for k, v in opts.items() if k in fields}
     return opts | dict(cfg.credit_overrides)

@@ -95,7 +95,8 @@ METRICS: dict[str, str] = {
     "credit/*": "A method-specific credit diagnostic (`CreditOutput.diagnostics`); see the method's docstring "
     "in `turngym.credit`.",
     "signals/*": "Per-step statistics of the signal providers (e.g. mean information gain, match score), and "
-    "their failure counts.",
+    "their failure counts; a provider with a `metrics()` method logs its counters as `signals/<provider>/<key>` "
+    "(judge prompts, unparseable replies, failed decompositions, ...).",
     # --- update
     "train/loss": "Total loss of the last minibatch (policy + KL + value - entropy terms).",
     "train/pg_loss": "Clipped policy-gradient surrogate, mean over the step's minibatches.",
@@ -168,6 +169,10 @@ METRICS: dict[str, str] = {
     "`multi/eval/<role>/success`, ...), per-learner update and credit metrics (`multi/<learner>/train/loss`, "
     "`multi/<learner>/credit/adv_std`), team success per episode (`multi/team_success`) and self-play pool size "
     "(`multi/pool_size`); see `turngym.trainers.multi`.",
+    # --- learned signal components (turngym.trainers.learned)
+    "learned/*": "A learned signal component's metric (`learned/<component>/<key>`: OPRL's implicit PRM loss and "
+    "pairs, LaRe's decoder loss, ...), from its `before_credit` / `after_credit` hooks; see the component's "
+    "docstring.",
     # --- non-finite guard
     "nonfinite/skipped": "1 when this step was skipped because its loss or advantages were NaN/inf.",
     "nonfinite/consecutive": "Consecutive skipped steps so far (the run stops at max_nonfinite_steps).",

@@ -17,6 +17,12 @@ multiplied by the world size before ``backward``, and the synchronised gradient 
 ranks); a rank that has run out does a zero-loss forward (`dummy_loss`), so uneven shards never leave a
 collective (DDP's all-reduce, FSDP2's all-gathers) waiting. A non-finite loss on any rank skips the minibatch on
 every rank, and the metrics are summed over ranks (identical on every rank).
+
+Credit-method switches (`CreditOutput`): ``out.loss_mask`` (R³L's pivotal credit; None = ``action_mask``) replaces
+the action mask for every loss term and count: tokens outside it are not forwarded through the LM head, and leave
+the policy, KL, entropy and value terms and every token / row denominator (the global counts included).
+``out.loss_type="reinforce"`` trains ``−A·log π·out.loss_scale`` without ratio or clipping
+(`turngym.trainers.losses.policy_loss`).
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
     if sync:
         n_mb = int(all_reduce([n_mb], info, op="max")[0])  # every rank runs as many minibatches as the largest
     use_ref = batch.ref_logprobs is not None and not cfg.kl_in_reward
+    train_mask = batch.action_mask if out.loss_mask is None else out.loss_mask  # [B, L] the tokens trained
     want_hidden = getattr(critic, "uses_policy_hidden", False)  # value head on the policy's trunk
     sums = dict.fromkeys(_KEYS, 0.0)
     counts = steps = skipped = 0
@@ -102,7 +109,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
         optimizer.zero_grad(set_to_none=True)
         for mb in range(n_mb):
             rows = order[mb * local_mb:(mb + 1) * local_mb]
-            mask = batch.action_mask[rows]  # [b, L]
+            mask = train_mask[rows]  # [b, L]
             n_tokens, n_seqs = global_counts(mask, info)
             if n_tokens == 0:
                 continue  # same decision on every rank: the counts are global
@@ -117,7 +124,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                     else:
                         chunk = chunks[ci]
                         r, sl = chunk.rows, slice(0, chunk.length)
-                        cmask = batch.action_mask[r, sl]  # [b, l]
+                        cmask = train_mask[r, sl]  # [b, l]
                         logp, entropy, hidden = chunk_logprobs(model, chunk, with_entropy=True,
                                                                with_hidden=want_hidden,
                                                                entropy_grad=cfg.entropy_coef != 0,
@@ -132,6 +139,7 @@ def update(cfg: TrainConfig, model, optimizer, batch: GroupBatch, out: CreditOut
                             ref_logp=batch.ref_logprobs[r, sl] if use_ref else None,
                             kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_type=cfg.kl_type,
                             entropy=entropy, entropy_coef=cfg.entropy_coef,
+                            loss_type=out.loss_type, reinforce_scale=out.loss_scale,
                         )
                         if critic is not None:
                             values = critic(chunk, hidden) if want_hidden else critic(chunk)  # [b, l]

@@ -360,7 +360,11 @@ CONFIG_DOC_INTRO = """\
 Every field of `TrainConfig` (`turngym/trainers/config.py`), the one config of `turngym train`.
 Set any field on the command line with `key=value` (after an optional preset name), e.g.
 `turngym train grpo lr=1e-4 group_size=4`; dict fields also take `name.key=value`
-(`env_kwargs.hops=2`). Presets in `turngym/configs/*.yaml` are partial dumps of this dataclass
+(`env_kwargs.hops=2`). The fields are grouped into the sections below, and a section name is also a prefix:
+`sampling.temperature=0.7`, `sft.steps=0` (the section's own prefix may be dropped: `sft_steps`), `model.size=3m`,
+or in YAML `sampling: {temperature: 0.7}`; the flat names are the same settings. Signal providers' and learned
+components' options (CAPO's critiques, OPRL's PRM, ...) are `signals.<option>=value`, checked against what the
+credit method declares. Presets in `turngym/configs/*.yaml` are partial dumps of this dataclass
 applied over the defaults below (`turngym presets` lists them); a run directory's `config.yaml` is the
 full dump. Unknown keys, bad values and impossible combinations stop with exit code 2 and one line on
 stderr before anything is written: [config_errors.md](config_errors.md) lists the cases (every number must

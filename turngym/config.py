@@ -548,7 +548,7 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
                 "Run `turngym train --help-config` to list the keys."
             )
         key, _, text = item.partition("=")
-        key = key.strip()
+        key = _unsection_key(cls, key.strip())  # sampling.temperature -> temperature
         field, _, sub = key.partition(".")
         if sub:
             field = _dict_aliases(cls).get(field, field)
@@ -581,6 +581,52 @@ def parse_overrides(cls: type, items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def config_sections(cls: type) -> Mapping[str, tuple[str, tuple[str, ...]]]:
+    """``{section: (title, fields)}`` a config class declares in a ``SECTIONS`` class attribute (``{}`` if none)."""
+    return getattr(cls, "SECTIONS", None) or {}
+
+
+def _is_dict_field(cls: type, name: str) -> bool:
+    tp = field_types(cls).get(name)
+    if tp is None:
+        return False
+    _, inner = _is_optional(tp)
+    return typing.get_origin(inner) in _DICTS or inner is dict
+
+
+def section_field(cls: type, section: str, sub: str) -> str:
+    """The field that ``section.sub`` names: ``sub`` itself when it is a field of the section, else
+    ``f"{section}_{sub}"`` (``sft.steps`` -> ``sft_steps``), else the section's namesake field for ``name``
+    (``model.name`` -> ``model``). Raises `ConfigError` with close matches otherwise."""
+    title, fields = config_sections(cls)[section]
+    for cand in (sub, f"{section}_{sub}"):
+        if cand in fields:
+            return cand
+    if sub == "name" and section in fields:
+        return section
+    short = sorted({f.removeprefix(f"{section}_") for f in fields})
+    close = list(dict.fromkeys(c.removeprefix(f"{section}_") for c in
+                               difflib.get_close_matches(sub, short + list(fields), n=3, cutoff=0.6)))
+    hint = f" Did you mean {', '.join(f'{section}.{c}' for c in close)}?" if close else ""
+    raise ConfigError(f"Unknown key {section}.{sub}: section {section!r} ({title}) has no field {sub!r}.{hint} "
+                      f"Its fields: {', '.join(fields)}.")
+
+
+def _section_head(cls: type, head: str) -> bool:
+    """``head.x`` keys go to section ``head``: a declared section that is neither a dict field nor a dict alias."""
+    return head in config_sections(cls) and not _is_dict_field(cls, head) and head not in _dict_aliases(cls)
+
+
+def _unsection_key(cls: type, key: str) -> str:
+    """``section.sub[.rest]`` -> ``field[.rest]`` (the flat key); other keys unchanged."""
+    head, _, sub = key.partition(".")
+    if not sub or not _section_head(cls, head):
+        return key
+    first, _, rest = sub.partition(".")
+    field = section_field(cls, head, first)
+    return f"{field}.{rest}" if rest else field
+
+
 def _dict_aliases(cls: type) -> Mapping[str, str]:
     """``{prefix: dict field}`` of ``cls``: ``prefix.name`` keys set entries of that field (see `parse_overrides`)."""
     return getattr(cls, "DICT_ALIASES", None) or {}
@@ -594,8 +640,11 @@ def undot(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     the plain ones, so ``credit.alpha`` wins over ``credit_overrides: {alpha: ...}`` in the same file. Keys that
     are not dotted, or whose prefix is no dict field, are left for `from_dict` to judge.
     """
-    if not isinstance(d, Mapping) or not any(isinstance(k, str) and "." in k for k in d):
-        return dict(d) if isinstance(d, Mapping) else d
+    if not isinstance(d, Mapping):
+        return d
+    d = _unsection_mapping(cls, d)
+    if not any(isinstance(k, str) and "." in k for k in d):
+        return dict(d)
     types_ = field_types(cls)
     aliases = _dict_aliases(cls)
     out: dict[str, Any] = {}
@@ -613,6 +662,32 @@ def undot(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
         entry = copy.deepcopy(dict(current)) if isinstance(current, Mapping) else {}
         _set_dotted(entry, parts, value)
         out[field] = entry
+    return out
+
+
+def _unsection_mapping(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with its sections flattened: ``{"sampling": {"temperature": 0.7}}`` and
+    ``{"sampling.temperature": 0.7}`` -> ``{"temperature": 0.7}``. A section key whose value is not a mapping is
+    left alone when a field has the same name (``model: tiny``). Two spellings of one field in one dict are refused."""
+    if not config_sections(cls):
+        return dict(d)
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def put(key: str, value: Any, written: str) -> None:
+        if key in out:
+            raise ConfigError(f"Config key {written!r} sets {key!r}, which {origin[key]!r} already sets; keep one.")
+        out[key] = value
+        origin[key] = written
+
+    for key, value in d.items():
+        if isinstance(key, str) and _section_head(cls, key) and isinstance(value, Mapping):
+            for sub, v in value.items():
+                put(_unsection_key(cls, f"{key}.{sub}"), v, f"{key}.{sub}")
+        elif isinstance(key, str) and "." in key:
+            put(_unsection_key(cls, key), value, key)
+        else:
+            put(key, value, key)
     return out
 
 
@@ -919,7 +994,11 @@ def _default_repr(f: dataclasses.Field) -> str:
 
 
 def _sections(cls: type) -> dict[str, str]:
-    """Section headings: a ``# --- heading`` comment line before a field starts a section."""
+    """Section headings by the field that starts each: from the class's ``SECTIONS`` (``key -> (title, fields)``;
+    the heading names the key: ``Sampling (sampling.*)``), else from ``# --- heading`` comment lines."""
+    declared = config_sections(cls)
+    if declared:
+        return {fields[0]: f"{title} ({key}.*)" for key, (title, fields) in declared.items() if fields}
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

@@ -100,3 +100,18 @@ def test_reverse_discounted_cumsum_long_rows_use_the_loop_path():
         idx = [j for j in range(70) if m[i, j]]
         want = ref_cumsum([float(v[i, j]) for j in idx], 0.9)
         np.testing.assert_allclose(got[i, idx].numpy(), want, atol=1e-9)
+
+
+def test_process_grpo_pools_every_turn_of_a_group_then_accumulates():
+    """Wave-2 spec §1.2 with the CALM example of §5.7 (once per episode): pool mean 0.185714, std_u 0.405909."""
+    from turngym.credit.groups import process_grpo
+
+    r = torch.tensor([[0.0, 0.1, 0.0, 1.1], [0.1, 0.0, 0.0, 9.0], [5.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    adv, st = process_grpo(r, m, torch.tensor([0, 0, 1]))
+    want = [[1.126218, 1.583744, 1.794910, 2.252436], [-1.126218, -0.915052, -0.457526, 0.0]]
+    assert torch.allclose(adv[:2], torch.tensor(want, dtype=torch.float64), atol=1e-4)
+    assert torch.equal(adv[2], torch.zeros(4, dtype=torch.float64))  # a lone turn in its group: singleton -> 0
+    assert (st.n_groups, st.n_singleton) == (2, 1)
+    half, _ = process_grpo(r, m, torch.tensor([0, 0, 1]), gamma=0.5)
+    assert half[0, 2].item() == pytest.approx(-0.457526 + 0.5 * 2.252436, abs=1e-4)

@@ -13,7 +13,10 @@ from turngym.credit import CREDIT, CreditNeeds, credit_needs, register_credit
 from turngym.credit import signals as sig
 from turngym.credit.outcome import GRPOConfig, grpo
 from turngym.errors import ConfigError
+from turngym.trainers.learned import import_builtin
 from turngym.types import Trajectory, Turn
+
+import_builtin()  # the providers registered on the trainer side (LaRe's sandboxed 'lare_latent')
 
 #: What `turngym.trainers.common.signal_providers` built per method before the declarations (its if/elif).
 BEFORE = {
@@ -42,7 +45,8 @@ def ctx(method: str) -> sig.SignalContext:
 @pytest.mark.parametrize("method", CREDIT.names())
 def test_declared_providers_match_the_old_trainer_table(method: str):
     providers = sig.build_providers(method, ctx(method))
-    assert [type(p) for p in providers] == BEFORE.get(method, [])
+    if method in BEFORE or not credit_needs(method).signals:  # the first wave's methods: the same types as before
+        assert [type(p) for p in providers] == BEFORE.get(method, [])
     assert [p.name for p in providers] == list(credit_needs(method).signals)
 
 
@@ -83,7 +87,7 @@ def fresh():
 def test_unknown_declared_provider_lists_the_registered_ones(scratch):
     register_credit("test-needs-unknown", GRPOConfig, signals=("no_such_provider",))(fresh())
     scratch.append((CREDIT, "test-needs-unknown"))
-    with pytest.raises(ConfigError, match=r"declares signal provider 'no_such_provider'.*Known: gold_probe"):
+    with pytest.raises(ConfigError, match=r"declares signal provider 'no_such_provider'.*Known: .*gold_probe"):
         sig.build_providers("test-needs-unknown", ctx("test-needs-unknown"))
     register_credit("test-needs-unknown-feature", GRPOConfig, token_features=("no_such_feature",))(fresh())
     scratch.append((CREDIT, "test-needs-unknown-feature"))

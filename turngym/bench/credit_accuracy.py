@@ -140,6 +140,10 @@ NA_REASONS: dict[str, str] = {
     "multi-agent env",
 }
 
+#: The methods whose declared signal providers fill the benchmark's batches (each provider once, in this order);
+#: PURE's rule PRM is left out on purpose (PURE is scored only with a real PRM: `NA_REASONS`).
+SIGNAL_METHODS = ("a2tgpo", "matchtir", "siop", "slate", "capo", "calm", "lare")
+
 #: Notes shown next to a method's numbers.
 NOTES: dict[str, str] = {
     "gae": "critic values: MC group turn-depth value",
@@ -147,6 +151,12 @@ NOTES: dict[str, str] = {
     "slate": "full-episode groups: judged turn = last turn, broadcast over the row",
     "gigpo": "anchors: env progress state before the turn",
     "delta": "DelTA over GRPO; hidden states from one forward pass",
+    "oprl": "implicit PRM untrained (a copy of the policy): step rewards 0, so GRPO's credit; OPRL's PRM learns "
+    "online during training",
+    "lare": "decoder untrained on one batch: the outcome on the last turn (its fallback); the decoder learns online",
+    "r3l": "group batch without retries: amplified GRPO, no pivot mask",
+    "capo": "rule critique stand-in (gold calls and answer), no LLM judge",
+    "calm": "rule subgoal stand-in (gold calls), no LLM judge",
     "tempo": "token-level; group rollouts (not a tree)",
 }
 
@@ -654,8 +664,8 @@ def _providers(run_cfg: Any, s: Any) -> list[Any]:
     from turngym.trainers import common
 
     providers, seen = [], set()
-    for m in ("a2tgpo", "matchtir", "siop", "slate"):
-        for p in common.signal_providers(run_cfg.replace(credit=m), s):
+    for m in SIGNAL_METHODS:
+        for p in common.signal_providers(run_cfg.replace(credit=m, credit_overrides={}), s):
             if p.name not in seen:
                 providers.append(p)
                 seen.add(p.name)
@@ -698,7 +708,29 @@ def _prepare_batch(trajs: list[Trajectory], model: Any, pad_id: int, methods: li
     batch.values = mc_turn_values(batch)
     if "delta" in methods:
         batch.token_features["hidden"] = hidden_states(model, batch.to(device))
+    fill_learned(batch, model, methods)
     return batch
+
+
+def fill_learned(batch, model: Any, methods: list[str]) -> None:
+    """The learned signal components the methods declare (OPRL's implicit PRM, LaRe's decoder), built fresh from
+    the scored policy as a trainer builds them at step 0 (`turngym.trainers.learned`), write their signals into
+    ``batch``. A one-batch benchmark cannot train them: the PRM equals the policy (step rewards 0) and the decoder
+    has no data (LaRe falls back to the outcome) — see `NOTES`."""
+    from turngym.credit import credit_needs
+    from turngym.trainers import learned
+
+    device = next(model.parameters()).device
+    for name in methods:
+        if not credit_needs(name).learned:
+            continue
+        comps = learned.build_learned(name, learned.LearnedContext(method=name, model=model, device=device))
+        on_device = batch.to(device)
+        learned.before_credit(comps, on_device, step=0)
+        batch.token_features |= {k: v.cpu() for k, v in on_device.token_features.items()}
+        batch.turn_signals |= {k: v.cpu() for k, v in on_device.turn_signals.items() if k not in batch.turn_signals}
+        if on_device.old_logprobs is not None:
+            batch.old_logprobs = on_device.old_logprobs.cpu()
 
 
 def score_batch(trajs: list[Trajectory], model: Any, pad_id: int, methods: list[str], *, bootstrap: int = 0,

@@ -63,11 +63,12 @@ METHOD_PRESET = {"grpo": "grpo", "a2tgpo": "a2tgpo", "matchtir": "matchtir", "si
                  "gigpo": "gigpo", "ppo-bad": "ppo-bad", "tempo": "tempo", "ppo": "ppo", "igpo": "igpo", "zero": "zero"}
 
 #: Preset keys that define an algorithm (everything else — sizes, KL, lr — is the study's, shared by all).
-PRESET_KEYS = ("algo", "credit", "sampler", "ratio_level", "eps_low", "eps_high", "dual_clip_c", "critic", "gamma",
-               "gae_lambda", "value_coef", "value_clip")
+PRESET_KEYS = ("algo", "credit", "sampler", "sampler_options", "signal_overrides", "ratio_level", "eps_low", "eps_high",
+               "dual_clip_c", "critic", "gamma", "gae_lambda", "value_coef", "value_clip")
 
 #: Keys a method keeps from its preset under the main job's recipe (no clip range, KL or sizes: the recipe's).
-MAIN_RECIPE_KEYS = ("algo", "credit", "sampler", "critic", "gamma", "gae_lambda", "value_coef", "value_clip")
+MAIN_RECIPE_KEYS = ("algo", "credit", "sampler", "sampler_options", "signal_overrides", "critic", "gamma", "gae_lambda",
+                    "value_coef", "value_clip")
 
 #: Extra per-method overrides of the study (see the module docstring).
 STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}

@@ -505,9 +505,13 @@ def credit_help(method: str) -> str:
     from turngym.config import config_help
 
     cls = _credit_class(method)
-    return config_help(cls, prefix="credit.", header=(
+    text = config_help(cls, prefix="credit.", header=(
         f"credit={method} options ({cls.__name__}; set one with credit.<option>=value, or credit.<option>: value "
         "in YAML):"))
+    for sig_cls in signal_option_classes(method):  # its providers' and learned components' options
+        text += "\n" + config_help(sig_cls, prefix="signals.", header=(
+            f"credit={method} signal options ({sig_cls.__name__}; set one with signals.<option>=value):"))
+    return text
 
 
 def credit_markdown() -> str:
@@ -515,9 +519,14 @@ def credit_markdown() -> str:
     from turngym.config import config_markdown
 
     credit_reg = _credit_registry()
-    parts = [config_markdown(credit_reg[name].config_cls, title=f"`credit={name}`", level=3,
-                             intro=f"`{credit_reg[name].config_cls.__name__}`; set with `credit.<option>=value`.")
-             for name in credit_reg.names()]
+    parts = []
+    for name in credit_reg.names():
+        parts.append(config_markdown(credit_reg[name].config_cls, title=f"`credit={name}`", level=3,
+                                     intro=f"`{credit_reg[name].config_cls.__name__}`; set with `credit.<option>=value`."))
+        parts += [config_markdown(c, title=f"`credit={name}` signal options: `{c.__name__}`", level=4,
+                                  intro="Options of a provider or learned component the method declares; set with "
+                                        "`signals.<option>=value`.")
+                  for c in signal_option_classes(name)]
     return "\n".join(parts)
 
 

@@ -98,3 +98,11 @@ def test_sampler_options_are_checked_against_the_sampler_and_reach_it(monkeypatc
     common.rollout(cfg, setup, [1], 2)
     common.rollout(cfg, setup, [1], 1, sampler="group")  # evaluation plays plain episodes: no sampler options
     assert seen == {"reflect_retry": {"reflection": "policy", "sft_trigger": "release"}, "group": None}
+
+
+def test_help_config_lists_the_signal_options_a_method_declares():
+    from turngym.trainers.config import credit_help
+
+    text = credit_help("oprl")
+    assert "credit.alpha" in text and "signals.lr" in text and "signals.rescore_old" in text
+    assert "signals." not in credit_help("grpo")

@@ -288,7 +288,7 @@ _POOLS: dict[int, RayRolloutPool] = {}
 
 def collect(cfg: Any, setup: Any, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
             sample_seed: int | None = None, sampler: str | None = None) -> tuple[list[Trajectory], RolloutStats]:
-    """Drop-in for ``trainers.common.rollout`` when ``cfg.rollout_backend == "ray"``.
+    """Drop-in for ``trainers.sampling.rollout`` when ``cfg.rollout_backend == "ray"``.
 
     Creates one `RayRolloutPool` per trainer `Setup` on first use (``cfg.rollout_workers`` actors), pushes the
     weights whenever ``setup.model`` changed since the last call, and returns ``(trajectories, stats)``.

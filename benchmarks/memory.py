@@ -76,7 +76,7 @@ class PhaseMeter:
 
 def run_preset(argv: list[str]) -> list[dict]:
     from turngym.credit import signals
-    from turngym.trainers import common, grpo
+    from turngym.trainers import grpo, policy_setup, sampling
     from turngym.trainers.config import resolve_train_config
 
     preset, overrides = argv[0], argv[1:]
@@ -91,8 +91,8 @@ def run_preset(argv: list[str]) -> list[dict]:
     meter.wrap(grpo, "run_providers", "signals")
     meter.wrap(grpo, "batch_logprobs", "logprobs")
     meter.wrap(grpo, "update", "update")
-    meter.wrap(common, "evaluate", "eval")
-    meter.wrap(common, "warm_start", "sft")
+    meter.wrap(sampling, "evaluate", "eval")
+    meter.wrap(policy_setup, "warm_start", "sft")
     _ = signals
     t0 = time.perf_counter()
     grpo.train(cfg)

@@ -117,7 +117,7 @@ class GRPOStepper:
     def __init__(self, cfg, setup, run_dir: str):
         import torch
 
-        from turngym.trainers import common
+        from turngym.trainers import batch_signals
         from turngym.trainers.nanguard import NanGuard
         from turngym.trainers.runlog import RunLog
 
@@ -126,7 +126,7 @@ class GRPOStepper:
                                            weight_decay=cfg.weight_decay)
         self.guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
         self.run = RunLog(run_dir, cfg, progress=False)
-        self.providers = common.signal_providers(cfg, setup)
+        self.providers = batch_signals.signal_providers(cfg, setup)
         self.step_index = 0
 
     def step(self) -> StepResult:
@@ -265,16 +265,16 @@ def run(args) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
 
     info = machine_info(args.threads)
     tmp = tempfile.mkdtemp(prefix="turngym-overhead-")
     cfg = make_config(args, os.path.join(tmp, "run"))
-    s = common.setup(cfg)
+    s = policy_setup.setup(cfg)
     torch.set_num_threads(args.threads)
     if cfg.sft_steps:
         t0 = time.perf_counter()
-        sft = common.warm_start(cfg, s, lambda *_: None)
+        sft = policy_setup.warm_start(cfg, s, lambda *_: None)
         info["sft"] = {"steps": cfg.sft_steps, "loss": sft.get("sft/loss"), "s": round(time.perf_counter() - t0, 1)}
     stepper = GRPOStepper(cfg, s, cfg.run_dir)
     floor_model = copy.deepcopy(s.model)

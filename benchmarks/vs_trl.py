@@ -167,7 +167,7 @@ def run(args) -> dict[str, Any]:
 
     from turngym.agents.tiny import load_policy_model
     from turngym.envs import make
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
     from turngym.trainers.config import TrainConfig
 
     info = machine_info(args.threads)
@@ -189,7 +189,7 @@ def run(args) -> dict[str, Any]:
         max_traj_tokens=max(args.max_new_tokens, 64), max_turns=1, sft_steps=0, eval_tasks=0, steps=n_steps,
         run_dir=os.path.join(tmp, "turngym-run"), progress=False, report=False, tensorboard=args.tensorboard,
     )
-    s = common.setup(cfg)
+    s = policy_setup.setup(cfg)
     stepper = GRPOStepper(cfg, s, cfg.run_dir)
     tg_lengths: list[float] = []
 

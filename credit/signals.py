@@ -18,7 +18,7 @@ Credit methods declare the providers they need by name (``register_credit(..., s
 can hand over: the probe scorer, the tokenizer, the env's answer template, the model, the credit options). Likewise
 `TOKEN_FEATURES` maps a declared token feature (DelTA's ``"hidden"``) to a builder
 ``builder(ctx, batch) -> {key: [B, L, ...] tensor}``; builders that run the model are registered by the trainer
-(``turngym.trainers.common`` registers ``"hidden"``), and `build_token_features` looks them up. Register your own
+(``turngym.trainers.batch_signals`` registers ``"hidden"``), and `build_token_features` looks them up. Register your own
 with `register_signal_provider` / `register_token_feature`; an unknown name raises `ConfigError` listing the known.
 """
 
@@ -734,7 +734,7 @@ def build_token_features(method: str, ctx: SignalContext, batch: GroupBatch) -> 
         ConfigError: a declared name is not in `TOKEN_FEATURES` (the message lists the registered ones).
     """
     names = credit_needs(method).token_features
-    hint = " Builders that run the model (e.g. 'hidden') are registered by importing turngym.trainers.common."
+    hint = " Builders that run the model (e.g. 'hidden') are registered by importing turngym.trainers.batch_signals."
     builders = [_lookup(TOKEN_FEATURES, n, method, "token feature", hint) for n in names]
     out: dict[str, Tensor] = {}
     for b in builders:

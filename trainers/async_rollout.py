@@ -14,7 +14,7 @@ Importance correction: each `Turn.logprobs` holds the BEHAVIOUR policy's log-pro
 `turngym.trainers.losses.policy_loss` therefore uses the ratio ``π_θ / π_b`` with the behaviour policy as the
 "old" policy (decoupled / off-policy PPO as in AReaL and verl's one-step-off-policy mode). Trainers must not
 recompute ``old_logprobs`` with the current weights in async mode: that would drop the correction. Any
-``temperature`` works: both producers sample with ``common.sampling_params(cfg)``, and the sampler records the
+``temperature`` works: both producers sample with ``sampling.sampling_params(cfg)``, and the sampler records the
 log-probs of ``softmax(logits / temperature)``, the tempered policy the learner trains (`turngym.agents.policy`).
 
 Per sample, ``Trajectory.meta["policy_version"]`` is the behaviour version and ``Trajectory.meta["staleness"]``
@@ -156,18 +156,18 @@ class AsyncRollout:
     @classmethod
     def local(cls, cfg: Any, setup: Any, *, max_staleness: int = 1, start_step: int = 0,
               sample: Callable[[Any, Any, int], list[Trajectory]] | None = None) -> AsyncRollout:
-        """A producer sampling with a private copy of ``setup.model`` through ``trainers.common.rollout``.
+        """A producer sampling with a private copy of ``setup.model`` through ``trainers.sampling.rollout``.
 
         Args:
             cfg: The `TrainConfig` (``tasks_per_step``, ``group_size``, ``steps``, sampling settings).
             setup: The trainer's `Setup`; its model is copied once (the copy is the behaviour policy).
             max_staleness: See the class docstring.
             start_step: First step (resume).
-            sample: ``sample(cfg, behaviour_setup, step) -> trajectories`` (default: ``common.rollout`` on the
+            sample: ``sample(cfg, behaviour_setup, step) -> trajectories`` (default: ``sampling.rollout`` on the
                 step's task seeds with ``group_size`` and the step's sampler seed, as `grpo.sample` does).
         """
         from turngym.agents.policy import HFPolicy
-        from turngym.trainers import common
+        from turngym.trainers import sampling
 
         model = copy.deepcopy(setup.model).eval()
         for p in model.parameters():
@@ -178,7 +178,7 @@ class AsyncRollout:
             from turngym.trainers.grpo import step_seed
 
             seed = step_seed(cfg_, step, 0)
-            trajs, _ = common.rollout(cfg_, s_, common.task_seeds(cfg_, step), cfg_.group_size, sample_seed=seed)
+            trajs, _ = sampling.rollout(cfg_, s_, sampling.task_seeds(cfg_, step), cfg_.group_size, sample_seed=seed)
             return trajs
 
         fn = sample or default_sample
@@ -201,12 +201,12 @@ class AsyncRollout:
         model). ``close_pool``: stop the pool in `close` (the producer owns it).
         """
         from turngym.agents.ray_rollout import policy_weights
-        from turngym.trainers import common
+        from turngym.trainers import sampling
         from turngym.trainers.grpo import step_seed
 
         def produce(step: int) -> list[Trajectory]:
-            params = replace(common.sampling_params(cfg), seed=step_seed(cfg, step, 0))
-            return pool.collect(common.task_seeds(cfg, step), cfg.group_size, params)
+            params = replace(sampling.sampling_params(cfg), seed=step_seed(cfg, step, 0))
+            return pool.collect(sampling.task_seeds(cfg, step), cfg.group_size, params)
 
         return cls(produce, pool.sync_weights, groups_per_step=cfg.tasks_per_step, max_staleness=max_staleness,
                    start_step=start_step, stop_step=cfg.steps, snapshot=lambda model: policy_weights(model)[1],

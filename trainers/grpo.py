@@ -25,9 +25,9 @@ Departures from the GRPO paper (DeepSeekMath): the loss aggregation defaults to 
 than ``seq-mean-token-mean``; KL is off by default (``kl_coef=0``, as in DAPO / Dr.GRPO); clip-higher is on
 (``eps_high=0.28``); the advantage comes from the chosen credit method, of which outcome-only GRPO (``grpo``)
 is one. With ``generation_backend="hf"`` the sampler is the policy itself in process, so no weight sync is
-needed; with ``"vllm"`` a vLLM engine samples (`common.start_sampler`: built after the warm start from the
+needed; with ``"vllm"`` a vLLM engine samples (`policy_setup.start_sampler`: built after the warm start from the
 warm-started weights, saved to ``run_dir/sampler/``) and the learner pushes its weights into it after every
-update (`common.sync_sampler`, timed as ``perf/sync_s``); evaluation samples with it too.
+update (`policy_setup.sync_sampler`, timed as ``perf/sync_s``); evaluation samples with it too.
 
 Async rollouts (``max_staleness = N > 0``, `turngym.trainers.async_rollout`): step 1 takes its batch from a
 background producer that samples with a behaviour copy of the policy (or a Ray pool) up to N steps ahead, and
@@ -46,7 +46,7 @@ import torch
 
 from turngym.credit import GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
-from turngym.trainers import common, learned, loop
+from turngym.trainers import batch_signals, learned, loop, policy_setup, sampling
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import batch_logprobs
@@ -61,12 +61,12 @@ class GRPO:
     def check(self, cfg: TrainConfig) -> None:
         pass
 
-    def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         optimizer = torch.optim.AdamW([p for p in s.model.parameters() if p.requires_grad], lr=cfg.lr,
                                       weight_decay=cfg.weight_decay)
         return s.model, optimizer
 
-    def step(self, cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+    def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
              guard: NanGuard, ref_model, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
         trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
                                        producer=producer)
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
     return loop.train(cfg, GRPO(), console=console)
 
 
-def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+def train_step(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
                guard: NanGuard, *, ref_model=None,
                producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
     """One GRPO step, 1-4 of the algorithm in the module docstring (rollout, signals, credit, update); the caller
@@ -92,11 +92,11 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
         s: The trainer's `Setup`; ``s.model`` is updated in place.
         optimizer: The optimizer over ``s.model``'s trainable parameters.
         step: Steps completed before this one; picks the task seeds and the sampler seed.
-        providers: Signal providers (`common.signal_providers`).
+        providers: Signal providers (`batch_signals.signal_providers`).
         guard: The run's `NanGuard`: non-finite advantages or loss skip the update and are counted there.
         ref_model: The frozen KL reference (`loop.kl_reference`); None when ``kl_coef == 0``.
         producer: The async rollout producer (``max_staleness > 0``): the batch comes from it, and the updated
-            weights go back to it. With ``generation_backend="vllm"`` they go to ``s.policy`` (`common.sync_sampler`).
+            weights go back to it. With ``generation_backend="vllm"`` they go to ``s.policy`` (`policy_setup.sync_sampler`).
 
     Returns:
         ``(trajectories, batch, metrics)``: the step's trajectories (annotated for `turngym view`), its
@@ -110,7 +110,7 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
 
     # --- 4. credit
     t0 = time.perf_counter()
-    batch.token_features |= common.token_features(cfg, s, batch)  # DelTA's hidden states
+    batch.token_features |= batch_signals.token_features(cfg, s, batch)  # DelTA's hidden states
     metrics |= learned.before_credit(s.learned, batch, step)  # OPRL's PRM log-probs, LaRe's decoded rewards
     out = assign_credit(cfg.credit, batch, **cfg.credit_overrides)
     metrics |= learned.after_credit(s.learned, batch, out, step)  # their own training step
@@ -124,17 +124,17 @@ def train_step(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimiz
     return trajs, batch, metrics | step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
 
 
-def update_and_sync(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, batch: GroupBatch, out,
+def update_and_sync(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, batch: GroupBatch, out,
                     guard: NanGuard, step: int, producer: AsyncRollout | None = None, *,
                     critic=None) -> dict[str, float]:
     """Step 5 of both trainers: the update (`turngym.trainers.update.update`, with the PPO ``critic`` when given)
     unless the advantages or the loss are not finite (``guard`` counts it), then the new weights to the async
-    ``producer`` (every step, skipped or not: versions count steps) and to the sampler (`common.sync_sampler`, a
-    no-op for hf; a vLLM engine in sleep mode sleeps through the update, `common.sleep_sampler`). Returns the
+    ``producer`` (every step, skipped or not: versions count steps) and to the sampler (`policy_setup.sync_sampler`, a
+    no-op for hf; a vLLM engine in sleep mode sleeps through the update, `policy_setup.sleep_sampler`). Returns the
     ``train/*`` metrics and ``perf/update_s``, ``perf/update_cpu_s``, ``perf/sync_s``."""
     t0, c0 = time.perf_counter(), time.process_time()
     metrics: dict[str, float] = {}
-    common.sleep_sampler(cfg, s)  # vllm_sleep_level > 0: the engine's GPU memory to the update
+    policy_setup.sleep_sampler(cfg, s)  # vllm_sleep_level > 0: the engine's GPU memory to the update
     if guard.check(step + 1, advantages=out.advantages):
         if critic is not None:
             critic.train()
@@ -147,7 +147,7 @@ def update_and_sync(cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Op
     t0 = time.perf_counter()
     if producer is not None:
         producer.push(s.model)
-    common.sync_sampler(cfg, s)
+    policy_setup.sync_sampler(cfg, s)
     metrics["perf/sync_s"] = time.perf_counter() - t0
     return metrics
 
@@ -168,7 +168,7 @@ def step_perf(trajs: list, batch: GroupBatch, metrics: dict[str, float], optimiz
     return out
 
 
-def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list, ref_model=None,
+def rollout_batch(cfg: TrainConfig, s: policy_setup.Setup, step: int, providers: list, ref_model=None,
                   producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
     """Steps 1-3 of both trainers: the step's trajectories (sampled now, or taken from the async ``producer``),
     their signals, and the `GroupBatch` with overlong shaping, behaviour log-probs (recomputed only when a
@@ -179,7 +179,7 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
         extra |= {"perf/rollout_s": time.perf_counter() - t0, "perf/rollout_cpu_s": time.process_time() - c0}
     else:  # sampled in the background, at most max_staleness versions old; async/* metrics
         trajs, extra = producer.get(step)
-    metrics = common.rollout_metrics(trajs) | extra
+    metrics = sampling.rollout_metrics(trajs) | extra
 
     t0 = time.perf_counter()
     run_providers(trajs, providers)  # current weights, before the update (the behaviour policy unless async)
@@ -190,7 +190,7 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
 
     t0 = time.perf_counter()
     batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id).to(s.device)
-    metrics |= common.overlong_shaping(cfg, batch)
+    metrics |= batch_signals.overlong_shaping(cfg, batch)
     metrics["perf/pack_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     # samplers record log softmax(logits / temperature), the policy trained: rescored only when a sampler gave none
@@ -205,11 +205,11 @@ def rollout_batch(cfg: TrainConfig, s: common.Setup, step: int, providers: list,
     return trajs, batch, metrics
 
 
-def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str, float]]:
+def sample(cfg: TrainConfig, s: policy_setup.Setup, step: int) -> tuple[list, dict[str, float]]:
     """The step's trajectories; with DAPO dynamic sampling, groups whose outcomes are all equal are dropped and
     fresh tasks are sampled (at most ``dynamic_sampling_max_rounds`` rounds) until ``tasks_per_step`` groups."""
-    seeds = common.task_seeds(cfg, step)
-    trajs, stats = common.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
+    seeds = sampling.task_seeds(cfg, step)
+    trajs, stats = sampling.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
     all_stats = [stats]
     if not cfg.dynamic_sampling:
         return trajs, rollout_parts(all_stats)
@@ -218,7 +218,7 @@ def sample(cfg: TrainConfig, s: common.Setup, step: int) -> tuple[list, dict[str
     while len({t.group_id for t in kept}) < cfg.tasks_per_step and rounds < cfg.dynamic_sampling_max_rounds:
         more_seeds = [int(x) for x in np.random.default_rng([cfg.seed, step, rounds]).integers(
             0, cfg.eval_seed, size=cfg.tasks_per_step)]
-        more, stats = common.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
+        more, stats = sampling.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
         all_stats.append(stats)
         fresh = keep_informative(more)
         dropped += len(more_seeds) - len({t.group_id for t in fresh})

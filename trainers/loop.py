@@ -4,7 +4,7 @@
 
 1. **Checks before any work**: the credit method exists, the algorithm accepts it (`Algorithm.check`), and with
    ``--resume`` every checkpoint file is verified (``ResumeError`` before anything is written).
-2. **Setup**: model, tokenizer and env (`common.setup`), NaN guard, run log.
+2. **Setup**: model, tokenizer and env (`policy_setup.setup`), NaN guard, run log.
 3. **Resume or warm start**: a fresh run warm-starts (SFT on the scripted expert); then the algorithm builds what a
    checkpoint holds and its optimizer (`Algorithm.build`: the policy alone for GRPO, policy + critic for PPO); a
    resumed run restores them, a fresh one evaluates the held-out tasks and writes checkpoint 0. The credit method's
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from turngym.credit import CREDIT
-from turngym.trainers import common, learned
+from turngym.trainers import batch_signals, learned, policy_setup, sampling
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import (
     CheckpointError,
@@ -47,10 +47,10 @@ class Algorithm(Protocol):
     def check(self, cfg: TrainConfig) -> None:
         """Raise `ConfigError` for a config this algorithm cannot train, before any work."""
 
-    def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """After the warm start: the module a checkpoint holds and restores, and the optimizer over it."""
 
-    def step(self, cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+    def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
              guard: NanGuard, ref_model: Any, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
         """One step (rollout, signals, credit, update): the step's trajectories and the metrics of ``step + 1``."""
 
@@ -64,14 +64,14 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
     algo.check(cfg)
     # --resume: every file it reads is verified first; ResumeError (exit 2) before anything is written
     ckpt = resume_checkpoint(cfg.run_dir, reference=cfg.kl_coef > 0) if cfg.resume and cfg.run_dir else None
-    s = common.setup(cfg)
+    s = policy_setup.setup(cfg)
     guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
 
     # --- resume (checked above) or warm start; the algorithm's modules are built from the warm policy
     run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
                  resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
     if ckpt is None and cfg.sft_steps > 0:
-        sft = common.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
+        sft = policy_setup.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
         run.log(0, sft, kind="sft")
     modules, optimizer = algo.build(cfg, s)
     s.learned = learned.build_learned(cfg.credit, learned_context(cfg, s, run.run_dir))  # OPRL's PRM, LaRe's decoder
@@ -81,16 +81,16 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
         guard.load_state_dict(ckpt.extra.get("nanguard", {}))
         start, before = ckpt.step, ckpt.extra.get("eval_before", {})
         run.message(f"resumed from {ckpt.path} at step {start}")
-        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
+        policy_setup.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
     else:
         start = 0
-        common.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
-        before, trajs = common.evaluate(cfg, s)
+        policy_setup.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
+        before, trajs = sampling.evaluate(cfg, s)
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
         checkpoint(cfg, run, modules, optimizer, 0, guard, before, s.learned)
     ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)  # the policy only, stored once per run
-    providers = common.signal_providers(cfg, s, run_dir=run.run_dir)
+    providers = batch_signals.signal_providers(cfg, s, run_dir=run.run_dir)
 
     # async rollouts (max_staleness > 0): a background producer samples ahead with a behaviour copy
     producer = AsyncRollout.from_config(cfg, s, start_step=start) if cfg.max_staleness > 0 else None
@@ -103,7 +103,7 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
             run.log(step + 1, metrics)
             run.log_trajectories(step + 1, trajs)
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                run.log(step + 1, common.evaluate(cfg, s)[0], kind="eval")
+                run.log(step + 1, sampling.evaluate(cfg, s)[0], kind="eval")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 checkpoint(cfg, run, modules, optimizer, step + 1, guard, before, s.learned)
     finally:
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
             producer.close()
 
     # --- final evaluation, checkpoint and report
-    after, trajs = common.evaluate(cfg, s)
+    after, trajs = sampling.evaluate(cfg, s)
     run.log(cfg.steps, after, kind="eval")
     run.log_trajectories(cfg.steps, trajs, kind="eval")
     checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before, s.learned)
@@ -180,7 +180,7 @@ def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard
     )
 
 
-def learned_context(cfg: TrainConfig, s: common.Setup, run_dir) -> learned.LearnedContext:
+def learned_context(cfg: TrainConfig, s: policy_setup.Setup, run_dir) -> learned.LearnedContext:
     """What a learned signal component gets from the trainer (`turngym.trainers.learned.LearnedContext`)."""
     return learned.LearnedContext(
         method=cfg.credit, options=dict(cfg.signal_overrides), credit_options=dict(cfg.credit_overrides),

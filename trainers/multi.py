@@ -59,7 +59,7 @@ import torch
 from turngym.credit import CREDIT, GroupBatch, assign_credit
 from turngym.credit.signals import run_providers
 from turngym.errors import ConfigError
-from turngym.trainers import common
+from turngym.trainers import batch_signals, policy_setup, sampling
 from turngym.trainers.checkpoint import Checkpoint, capture_rng, resume_checkpoint, save_checkpoint
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.loop import frozen_copy
@@ -83,7 +83,7 @@ class Learner:
     model: Any
     optimizer: Any
     policy: Any
-    setup: common.Setup
+    setup: policy_setup.Setup
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -122,7 +122,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- 1. rollout (who plays which seat)
         t0 = time.perf_counter()
         actors, trained_roles = seat_actors(cfg, learners, renderer, roles, pool, step, rng)
-        trajs, _ = rollout(cfg, actors, common.task_seeds(cfg, step), cfg.group_size,
+        trajs, _ = rollout(cfg, actors, sampling.task_seeds(cfg, step), cfg.group_size,
                            sample_seed=step_seed(cfg, step))
         rollout_s = time.perf_counter() - t0
         metrics = rollout_metrics(trajs)
@@ -294,9 +294,9 @@ def build_tokenizer(cfg: TrainConfig):
     env = make_multi_env(cfg.env_id, cfg.env_kwargs)
     roles = list(env.possible_agents)
     env.close()
-    device = common.resolve_device(cfg.device)
+    device = policy_setup.resolve_device(cfg.device)
     kw: dict[str, Any] = {"env_id": cfg.env_id, "cache_dir": cfg.cache_dir, "device": str(device),
-                          "dtype": common.resolve_dtype(cfg.dtype, device)}
+                          "dtype": policy_setup.resolve_dtype(cfg.dtype, device)}
     if cfg.model == "tiny":
         kw |= {"size": cfg.model_size, "texts": multi_env_texts(cfg.env_id, env_kwargs=cfg.env_kwargs)}
     model, tok = load_policy_model(cfg.model, **kw)
@@ -314,12 +314,12 @@ def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str], ba
     for i, (name, rs) in enumerate(zip(names, groups)):
         model = copy.deepcopy(base_model)
         if cfg.lora:
-            model = common.apply_lora(model, cfg)
+            model = policy_setup.apply_lora(model, cfg)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         policy = HFPolicy(model, tok, seed=cfg.seed + i)
-        out.append(Learner(name, rs, model, opt, policy, common.Setup(model, tok, renderer, policy, device, int(pad))))
+        out.append(Learner(name, rs, model, opt, policy, policy_setup.Setup(model, tok, renderer, policy, device, int(pad))))
     return out
 
 
@@ -359,7 +359,7 @@ def rollout(cfg: TrainConfig, actors: dict[str, Any], seeds, group_size: int, *,
                 p.reseed(sample_seed + i)
     return collect_multi_rollouts(
         cfg.env_id, actors, seeds, group_size,
-        params=common.sampling_params(cfg, temperature=temperature),
+        params=sampling.sampling_params(cfg, temperature=temperature),
         max_traj_tokens=cfg.max_traj_tokens, env_kwargs=cfg.env_kwargs, return_stats=True,
     )
 
@@ -368,7 +368,7 @@ def learner_step(cfg: TrainConfig, ln: Learner, trajs: list[Trajectory]) -> dict
     """Signals, credit and one PG update of one learner on its own trajectories; returns its metrics."""
     from turngym.trainers.forward import batch_logprobs
 
-    run_providers(trajs, common.signal_providers(cfg, ln.setup))
+    run_providers(trajs, batch_signals.signal_providers(cfg, ln.setup))
     batch = GroupBatch.from_trajectories(trajs, pad_id=ln.setup.pad_id).to(ln.setup.device)
     if batch.old_logprobs is None:  # the sampler's are already at cfg.temperature (turngym.agents.policy)
         batch.old_logprobs = batch_logprobs(ln.model, batch, temperature=cfg.temperature)
@@ -383,11 +383,11 @@ def learner_step(cfg: TrainConfig, ln: Learner, trajs: list[Trajectory]) -> dict
 
 
 def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[str, float]:
-    """`common.rollout_metrics` over all agents' trajectories, with ``{prefix}/success`` = team success per
+    """`sampling.rollout_metrics` over all agents' trajectories, with ``{prefix}/success`` = team success per
     episode, plus per-role metrics under ``multi/``."""
     from turngym.agents.multi_rollout import team_metrics
 
-    m = common.rollout_metrics(trajs, prefix=prefix)
+    m = sampling.rollout_metrics(trajs, prefix=prefix)
     team = team_metrics(trajs, prefix="multi" if prefix == "rollout" else "multi/eval")
     m[f"{prefix}/success"] = team["multi/success" if prefix == "rollout" else "multi/eval/success"]
     team.pop("multi/success", None)
@@ -425,7 +425,7 @@ def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[st
             got, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
             trajs += got
             mine += [t for t in got if t.agent_id == seat]
-        m = common.rollout_metrics(mine, prefix="eval")
+        m = sampling.rollout_metrics(mine, prefix="eval")
         m["eval/success"] = sum(bool(t.meta.get("success")) for t in mine) / max(len(mine), 1)
         from turngym.agents.multi_rollout import team_metrics
 

@@ -5,7 +5,7 @@ Algorithm (one step):
 1. **Rollout**: ``tasks_per_step`` task seeds, ``group_size`` trajectories each, sampled by the current policy
    through the rollout engine (token-in/token-out: the trainer sees exactly the sampled ids and log-probs).
 2. **Signals**: the providers the credit method needs (none for ``gae``; per-turn rewards named in
-   ``credit_overrides.turn_reward_signals`` come from `common.signal_providers`).
+   ``credit_overrides.turn_reward_signals`` come from `batch_signals.signal_providers`).
 3. **Values**: the critic scores every response token of the batch with the behaviour-time weights
    (``V_old [B, L]``, `turngym.trainers.critic`): ``critic="head"`` is a linear head on the policy's final hidden
    state, ``critic="separate"`` a copy of the policy's network with its own head. Only policy tokens are read.
@@ -53,7 +53,7 @@ import torch
 
 from turngym.credit import CREDIT, assign_credit
 from turngym.errors import ConfigError
-from turngym.trainers import common, learned, loop
+from turngym.trainers import learned, loop, policy_setup
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig
 from turngym.trainers.critic import Critic, build_critic
@@ -77,13 +77,13 @@ class PPO:
                 f"credit.advantage=gae (calm, lare), or algo=grpo for {cfg.credit!r}."
             )
 
-    def build(self, cfg: TrainConfig, s: common.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         self.critic = build_critic(cfg.critic, s.model)  # after the warm start: a separate critic copies it
         self.credit_cfg = credit_options(cfg)
         modules = torch.nn.ModuleDict({"policy": s.model, "critic": self.critic})  # what a checkpoint holds
         return modules, make_optimizer(cfg, s.model, self.critic)
 
-    def step(self, cfg: TrainConfig, s: common.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
+    def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
              guard: NanGuard, ref_model, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
         t_step = time.perf_counter()
 

@@ -118,7 +118,7 @@ def _load_run_model(a: argparse.Namespace):
     kw = {"size": cfg.model_size} if cfg.model == "tiny" else {}
     model, tok = load_policy_model(cfg.model, env_id=cfg.env_id, cache_dir=cfg.cache_dir, **kw)
     if cfg.lora:
-        from turngym.trainers.common import apply_lora
+        from turngym.trainers.policy_setup import apply_lora
 
         model = apply_lora(model, cfg)
     ckpt = load_checkpoint(a.run_ckpt) if a.run_ckpt is not None else load_latest(a.model)

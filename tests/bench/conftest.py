@@ -19,10 +19,10 @@ def sft_dir(tmp_path_factory):
 def tiny_setup(sft_dir):
     """``(setup, run_cfg)`` of the tiny SFT policy loaded from its saved checkpoint (trained on first use)."""
     from turngym.bench.sft import sft_checkpoint
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
     from turngym.trainers.config import TrainConfig
 
     cfg = TrainConfig(torch_threads=1, tensorboard=False, progress=False, report=False, **TINY_SFT)
     path, _ = sft_checkpoint(cfg, sft_dir / "search_HopQA-v0")
     run_cfg = cfg.replace(model=str(path), sft_steps=0)
-    return common.setup(run_cfg), run_cfg
+    return policy_setup.setup(run_cfg), run_cfg

@@ -1,4 +1,4 @@
-"""The probe providers built by the trainers (`turngym.trainers.common.signal_providers`) score the gold answer with
+"""The probe providers built by the trainers (`turngym.trainers.batch_signals.signal_providers`) score the gold answer with
 the token ids the policy writes when it answers in the env's format.
 
 Regression: the gold probe used the template ``"<answer>" + gold + "</answer>"`` while HopQA's tags parser writes
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from turngym.trainers import common
+from turngym.trainers import batch_signals
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:
@@ -24,7 +24,7 @@ def test_probe_scores_the_answer_tokens_the_policy_writes(tiny_setup, credit, pr
     from turngym.agents.rollout import collect_rollouts
 
     s, run_cfg = tiny_setup
-    probe = next(p for p in common.signal_providers(run_cfg.replace(credit=credit), s) if p.name == provider)
+    probe = next(p for p in batch_signals.signal_providers(run_cfg.replace(credit=credit), s) if p.name == provider)
     expert = collect_rollouts("search/HopQA-v0", ScriptedPolicy(s.tokenizer, noise=0.0, seed=0), s.renderer,
                               [3, 4, 5], 1, params=SamplingParams(max_new_tokens=64), env_kwargs=run_cfg.env_kwargs)
     for t in expert:
@@ -39,5 +39,5 @@ def test_probe_scores_the_answer_tokens_the_policy_writes(tiny_setup, credit, pr
 def test_answer_template_follows_the_env_parser():
     from turngym.trainers.config import TrainConfig
 
-    assert common.answer_template(TrainConfig(env_id="search/HopQA-v0")) == ("<answer> ", " </answer>")  # tags
-    assert common.answer_template(TrainConfig(env_id="tool/Calc-v0")) == ("<answer>", "</answer>")  # hermes
+    assert batch_signals.answer_template(TrainConfig(env_id="search/HopQA-v0")) == ("<answer> ", " </answer>")  # tags
+    assert batch_signals.answer_template(TrainConfig(env_id="tool/Calc-v0")) == ("<answer>", "</answer>")  # hermes

@@ -18,7 +18,7 @@ from turngym.types import Trajectory, Turn
 
 import_builtin()  # the providers registered on the trainer side (LaRe's sandboxed 'lare_latent')
 
-#: What `turngym.trainers.common.signal_providers` built per method before the declarations (its if/elif).
+#: What `turngym.trainers.batch_signals.signal_providers` built per method before the declarations (its if/elif).
 BEFORE = {
     "igpo": [sig.GoldProbeProvider],
     "a2tgpo": [sig.GoldProbeProvider],

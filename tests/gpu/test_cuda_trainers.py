@@ -8,7 +8,7 @@ exactly 0 (nothing to learn). The RL runs therefore switch on DAPO's overlong sh
 the whole budget, as ``tests/trainers/test_methods_train.py`` does: a trajectory's reward then depends on its
 length, a group's rollouts get different rewards, and the advantages are not all 0, so the weights must move.
 
-The trainer's ``common.setup`` is wrapped (`spy_setup`) to keep the `Setup` it builds and a copy of the initial
+The trainer's ``policy_setup.setup`` is wrapped (`spy_setup`) to keep the `Setup` it builds and a copy of the initial
 weights, so a test can check the dtype and device of the very model that was trained and how its weights moved.
 """
 
@@ -52,12 +52,12 @@ def model_cache(tmp_path_factory) -> str:
 
 @pytest.fixture
 def spy_setup(monkeypatch):
-    """Wrap ``common.setup``: the returned dict gets ``setup`` (the trainer's `Setup`) and ``init`` (a CPU copy
+    """Wrap ``policy_setup.setup``: the returned dict gets ``setup`` (the trainer's `Setup`) and ``init`` (a CPU copy
     of every named parameter as built, i.e. before any training), plus ``critic`` when PPO builds one."""
-    from turngym.trainers import common, ppo
+    from turngym.trainers import policy_setup, ppo
 
     box: dict = {}
-    real_setup, real_critic = common.setup, ppo.build_critic
+    real_setup, real_critic = policy_setup.setup, ppo.build_critic
 
     def setup(cfg):
         s = real_setup(cfg)
@@ -69,7 +69,7 @@ def spy_setup(monkeypatch):
         box["critic"] = real_critic(kind, policy)
         return box["critic"]
 
-    monkeypatch.setattr(common, "setup", setup)
+    monkeypatch.setattr(policy_setup, "setup", setup)
     monkeypatch.setattr(ppo, "build_critic", build_critic)
     return box
 
@@ -210,7 +210,7 @@ def test_lora_grpo_step_moves_only_adapters(tmp_path, model_cache, spy_setup, ch
 
 def test_batch_logprobs_bf16_cuda_close_to_fp32_cpu(tmp_path, model_cache):
     from turngym.credit import GroupBatch
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup, sampling
     from turngym.trainers.config import TrainConfig
     from turngym.trainers.forward import batch_logprobs
 
@@ -218,9 +218,9 @@ def test_batch_logprobs_bf16_cuda_close_to_fp32_cpu(tmp_path, model_cache):
                       dtype="float32", cache_dir=model_cache, seed=0, pretrain_steps=40, pretrain_lr=3e-3,
                       sft_steps=20, sft_lr=2e-3, sft_episodes=32, sft_batch_size=8, max_turns=3,
                       max_new_tokens=40, max_traj_tokens=512, tasks_per_step=2, group_size=4, minibatch_size=8)
-    s = common.setup(cfg)
-    common.warm_start(cfg, s, lambda _m: None)  # a short warm start: a policy whose log-probs are not uniform
-    trajs, _ = common.rollout(cfg, s, [3, 4], 4, sample_seed=5)
+    s = policy_setup.setup(cfg)
+    policy_setup.warm_start(cfg, s, lambda _m: None)  # a short warm start: a policy whose log-probs are not uniform
+    trajs, _ = sampling.rollout(cfg, s, [3, 4], 4, sample_seed=5)
     batch = GroupBatch.from_trajectories(trajs, pad_id=s.pad_id)
     mask = batch.action_mask
     assert int(mask.sum()) > 20, f"only {int(mask.sum())} policy tokens in the rollout"

@@ -12,7 +12,7 @@ import turngym
 from turngym.agents.render import Renderer
 from turngym.credit import GroupBatch, assign_credit
 from turngym.envs.multi import Action, TextAECEnv
-from turngym.trainers import common
+from turngym.trainers import policy_setup
 from turngym.trainers.config import TrainConfig
 from turngym.trainers.forward import chunk_logprobs, iter_chunks
 from turngym.trainers.losses import policy_loss
@@ -57,7 +57,7 @@ def _learners(cfg, tok, models):
         m = copy.deepcopy(m)
         opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr)
         pol = HFPolicy(m, tok, seed=i)
-        out.append(Learner(role, [role], m, opt, pol, common.Setup(m, tok, r, pol, torch.device("cpu"), tok.pad_token_id)))
+        out.append(Learner(role, [role], m, opt, pol, policy_setup.Setup(m, tok, r, pol, torch.device("cpu"), tok.pad_token_id)))
     return out, r
 
 

@@ -226,7 +226,7 @@ def test_async_training_matches_sync_within_noise(tmp_path):
     The warm start (LM pretraining + SFT on one-hop HopQA with one document per search, the main job's recipe at a
     smaller size) is built once and saved; both runs load it, so they start from the same policy, one that already
     succeeds on some held-out tasks when sampling (checked), and the comparison is between real success rates."""
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
     from turngym.trainers.grpo import train
 
     cfg = TrainConfig(env_id="search/HopQA-v0", env_kwargs={"hops": 1, "topk": 1}, model="tiny", model_size="1m",
@@ -235,8 +235,8 @@ def test_async_training_matches_sync_within_noise(tmp_path):
                       eval_temperature=1.0, max_new_tokens=40, max_traj_tokens=200, torch_threads=1,
                       cache_dir=str(tmp_path / "models"), device="cpu", checkpoint_every=0, save_trajectories=0,
                       report=False, tensorboard=False, progress=False)
-    s = common.setup(cfg)
-    common.warm_start(cfg, s, lambda _m: None)
+    s = policy_setup.setup(cfg)
+    policy_setup.warm_start(cfg, s, lambda _m: None)
     warm = tmp_path / "warm"
     s.model.save_pretrained(warm)
     s.tokenizer.save_pretrained(warm)

@@ -85,7 +85,7 @@ def test_sampler_options_are_checked_against_the_sampler_and_reach_it(monkeypatc
         resolve_train_config("r3l", ["max_staleness=1"])
 
     from turngym.agents import rollout as rollout_mod
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup, sampling
 
     seen = {}
 
@@ -94,9 +94,9 @@ def test_sampler_options_are_checked_against_the_sampler_and_reach_it(monkeypatc
         return [], None
 
     monkeypatch.setattr(rollout_mod, "collect_rollouts", fake_collect)
-    setup = common.Setup(model=None, tokenizer=None, renderer=None, policy=object(), device=None, pad_id=0)
-    common.rollout(cfg, setup, [1], 2)
-    common.rollout(cfg, setup, [1], 1, sampler="group")  # evaluation plays plain episodes: no sampler options
+    setup = policy_setup.Setup(model=None, tokenizer=None, renderer=None, policy=object(), device=None, pad_id=0)
+    sampling.rollout(cfg, setup, [1], 2)
+    sampling.rollout(cfg, setup, [1], 1, sampler="group")  # evaluation plays plain episodes: no sampler options
     assert seen == {"reflect_retry": {"reflection": "policy", "sft_trigger": "release"}, "group": None}
 
 

@@ -1,7 +1,7 @@
 """The trainer builds the signal providers and token features a credit method declares, and nothing else.
 
-* `common.signal_providers` builds, for every registered method, the providers the old if/elif built (same types,
-  same order), the probes scoring the answer in the env's format (`common.answer_template`).
+* `batch_signals.signal_providers` builds, for every registered method, the providers the old if/elif built (same types,
+  same order), the probes scoring the answer in the env's format (`batch_signals.answer_template`).
 * A credit method and a signal provider registered from this file only (no trainer edit) train one GRPO step with the
   tiny model: the provider runs on the step's trajectories and its signal reaches the credit function.
 """
@@ -16,10 +16,10 @@ import torch
 from turngym.credit import CREDIT, GroupBatch, credit_needs, register_credit
 from turngym.credit import signals as sig
 from turngym.credit.base import finish
-from turngym.trainers import common
+from turngym.trainers import batch_signals, policy_setup
 from turngym.trainers.config import VALUE_CREDITS, TrainConfig, resolve_train_config
 
-BEFORE = {  # common.signal_providers' if/elif before the declarations (pure's second one was common.rule_prm)
+BEFORE = {  # what the trainer's if/elif built before the declarations (pure's second one was trainers.common.rule_prm)
     "igpo": [sig.GoldProbeProvider],
     "a2tgpo": [sig.GoldProbeProvider],
     "matchtir": [sig.ToolMatchProvider],
@@ -33,27 +33,27 @@ class _Tokenizer:  # hf_tokenize only wraps it; nothing here tokenizes
     pass
 
 
-def fake_setup(model=None) -> common.Setup:
+def fake_setup(model=None) -> policy_setup.Setup:
     model = model if model is not None else torch.nn.Linear(2, 2)
-    return common.Setup(model=model, tokenizer=_Tokenizer(), renderer=None, policy=None,
+    return policy_setup.Setup(model=model, tokenizer=_Tokenizer(), renderer=None, policy=None,
                         device=torch.device("cpu"), pad_id=0)
 
 
 @pytest.mark.parametrize("method", CREDIT.names())
 def test_trainer_builds_the_declared_providers_as_before(method: str):
     cfg = TrainConfig(env_id="search/HopQA-v0", credit=method, algo="ppo" if method in VALUE_CREDITS else "grpo")
-    providers = common.signal_providers(cfg, fake_setup())
+    providers = batch_signals.signal_providers(cfg, fake_setup())
     if method in BEFORE or not credit_needs(method).signals:  # the first wave's methods: the same types as before
         assert [type(p) for p in providers] == BEFORE.get(method, [])
     assert [p.name for p in providers] == list(credit_needs(method).signals)
     for p in providers:
         if isinstance(p, (sig.GoldProbeProvider, sig.SupportProvider)):
-            assert (p.pseudo.prefix, p.pseudo.suffix) == common.answer_template(cfg) == ("<answer> ", " </answer>")
+            assert (p.pseudo.prefix, p.pseudo.suffix) == batch_signals.answer_template(cfg) == ("<answer> ", " </answer>")
 
 
 def test_token_features_run_only_the_declared_builders(scratch):
     cfg = TrainConfig(env_id="search/HopQA-v0", credit="grpo")
-    assert common.token_features(cfg, fake_setup(), batch=None) == {}  # nothing declared: no forward pass
+    assert batch_signals.token_features(cfg, fake_setup(), batch=None) == {}  # nothing declared: no forward pass
     seen = []
 
     @sig.register_token_feature("test_ones")
@@ -69,7 +69,7 @@ def test_token_features_run_only_the_declared_builders(scratch):
 
     scratch.append((CREDIT, "test-feature"))
     cfg = TrainConfig(env_id="search/HopQA-v0", credit="test-feature", credit_overrides={"value": 2.0})
-    feats = common.token_features(cfg, fake_setup(), batch=None, chunk_size=4)
+    feats = batch_signals.token_features(cfg, fake_setup(), batch=None, chunk_size=4)
     assert list(feats) == ["ones"] and seen == [("test-feature", {"value": 2.0}, 4)]
 
 

@@ -488,15 +488,15 @@ def test_the_real_loopback_judge_writes_the_code(judge_server, tmp_path):
 @pytest.fixture(scope="module")
 def warm_model(tmp_path_factory) -> str:
     """The tiny policy warm-started as in test_methods_train (it answers, so the decoder's buffer fills)."""
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
     from turngym.trainers.config import TrainConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lare-warm")
     cfg = TrainConfig(env_id=ENV, model="tiny", model_size="1m", cache_dir=str(root / "cache"), torch_threads=1,
                       seed=0, **WARM)
-    s = common.setup(cfg)
-    common.warm_start(cfg, s, lambda *_: None)
+    s = policy_setup.setup(cfg)
+    policy_setup.warm_start(cfg, s, lambda *_: None)
     s.model.save_pretrained(root / "model")
     s.tokenizer.save_pretrained(root / "model")
     return str(root / "model")

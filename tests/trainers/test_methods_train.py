@@ -1,7 +1,7 @@
 """Every registered credit method trains 2 RL steps on CPU with the tiny model through its trainer.
 
 Value-based methods (``gae``, ``ppo-bad``) go through the PPO trainer, the others through GRPO; methods that need
-signals get them from `turngym.trainers.common.signal_providers`, exactly as `turngym train` does. Each run
+signals get them from `turngym.trainers.batch_signals.signal_providers`, exactly as `turngym train` does. Each run
 starts from the method's own preset (when one exists), shrunk to a few trajectories.
 
 A random-init tiny policy almost never succeeds, so every outcome would be 0 and every outcome-based advantage
@@ -51,16 +51,16 @@ WARM = {"sft_steps": 60, "sft_batch_size": 8, "sft_lr": 3e-3, "sft_episodes": 64
 
 @pytest.fixture(scope="session")
 def warm_model(tmp_path_factory) -> str:
-    """The tiny policy built and warm-started once (`common.warm_start`), saved with ``save_pretrained``."""
-    from turngym.trainers import common
+    """The tiny policy built and warm-started once (`policy_setup.warm_start`), saved with ``save_pretrained``."""
+    from turngym.trainers import policy_setup
     from turngym.trainers.config import TrainConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("warm")
     cfg = TrainConfig(env_id=ENV, model="tiny", model_size="1m", cache_dir=str(root / "cache"), torch_threads=1,
                       seed=0, **WARM)
-    s = common.setup(cfg)
-    common.warm_start(cfg, s, lambda *_: None)
+    s = policy_setup.setup(cfg)
+    policy_setup.warm_start(cfg, s, lambda *_: None)
     s.model.save_pretrained(root / "model")
     s.tokenizer.save_pretrained(root / "model")
     return str(root / "model")
@@ -121,14 +121,14 @@ def test_method_trains_two_steps(method: str, tmp_path: Path, warm_model: str, c
 def test_evaluation_plays_full_episodes_whatever_the_training_sampler(warm_model: str):
     """SLATE trains on truncated steps and tree rollouts share prefixes; the held-out evaluation still plays one
     full episode per task, so every method is measured the same way (greedy: the same tokens for every sampler)."""
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup, sampling
 
     episodes = {}
     for sampler in ("group", "truncated_step", "tree"):
         cfg = resolve_train_config(None, [*TINY, f"model={warm_model}", f"sampler={sampler}", "eval_tasks=4",
                                           "eval_temperature=0"])
-        s = common.setup(cfg)
-        m, trajs = common.evaluate(cfg, s)
+        s = policy_setup.setup(cfg)
+        m, trajs = sampling.evaluate(cfg, s)
         assert m["eval/tasks"] == 4 and len({t.group_id for t in trajs}) == 4, sampler
         assert all("slate" not in t.meta and "tree" not in t.meta for t in trajs), sampler
         episodes[sampler] = [t.token_ids() for t in trajs]

@@ -112,7 +112,7 @@ def test_damaged_newest_checkpoint_is_named_and_the_older_one_used(tmp_path, cap
 def test_trainer_resumes_from_the_older_checkpoint_and_says_why(tmp_path, capsys, monkeypatch):
     """The trainer itself goes through the checks: grpo.train (trainers/loop.py) picks step 1 and names the damaged step 2 (stopped
     right after the check, before any model is built)."""
-    from turngym.trainers import common, grpo, loop
+    from turngym.trainers import grpo, loop, policy_setup
 
     run = _make_run(tmp_path)
     _flip_byte(_ckpt(run, 2) / "model.pt")
@@ -126,7 +126,7 @@ def test_trainer_resumes_from_the_older_checkpoint_and_says_why(tmp_path, capsys
     def stop(cfg):
         raise Stop
 
-    monkeypatch.setattr(common, "setup", stop)
+    monkeypatch.setattr(policy_setup, "setup", stop)
     with pytest.raises(Stop):
         grpo.train(resolve_train_config(None, [], resume_dir=str(run), check_names=False))
     assert [c.step for c in chosen] == [1]

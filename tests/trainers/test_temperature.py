@@ -24,11 +24,11 @@ def cfg_of(tmp_path, **kw) -> TrainConfig:
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_rollout_batch_keeps_the_samplers_tempered_logprobs(tmp_path, temperature, monkeypatch):
-    from turngym.trainers import common, forward, grpo
+    from turngym.trainers import forward, grpo, policy_setup
 
     cfg = cfg_of(tmp_path, temperature=temperature)
-    s = common.setup(cfg)
-    ref = common.setup(cfg).model
+    s = policy_setup.setup(cfg)
+    ref = policy_setup.setup(cfg).model
     calls: list[object] = []
 
     def counting(model, batch, *a, **kw):
@@ -59,10 +59,10 @@ def test_rollout_batch_keeps_the_samplers_tempered_logprobs(tmp_path, temperatur
 
 
 def test_rollout_batch_rescores_at_the_temperature_when_the_sampler_gave_none(tmp_path, monkeypatch):
-    from turngym.trainers import common, forward, grpo
+    from turngym.trainers import forward, grpo, policy_setup
 
     cfg = cfg_of(tmp_path, temperature=0.5, kl_coef=0.0)
-    s = common.setup(cfg)
+    s = policy_setup.setup(cfg)
     real_sample = grpo.sample
 
     def without_logprobs(*a, **kw):

@@ -43,9 +43,9 @@ def credited_rollouts(tok, seeds, noise: float, seed: int):
 
 def write_run(run_dir: Path, tok) -> Path:
     """A run directory written by the real `RunLog`: two credited train steps and two evaluations."""
-    from turngym.trainers.common import rollout_metrics
     from turngym.trainers.config import TrainConfig
     from turngym.trainers.runlog import RunLog
+    from turngym.trainers.sampling import rollout_metrics
 
     cfg = TrainConfig(env_id=ENV_ID, credit=METHOD, progress=False, tensorboard=False, save_trajectories=6,
                       run_dir=str(run_dir))

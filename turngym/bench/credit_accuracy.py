@@ -64,7 +64,7 @@ every method of a batch): pooled figures and the within-episode ρ resample epis
 pairs. Episodes of one task share its group normalisation, so these CIs (episodes / pairs taken as independent) are
 somewhat narrow.
 
-Signals come from the providers of `turngym.trainers.common.signal_providers` (gold-answer probe, tool matching,
+Signals come from the providers of `turngym.trainers.batch_signals.signal_providers` (gold-answer probe, tool matching,
 answer clusters + support, rule step judge) run once with the behaviour policy; a provider that cannot run on the env
 (e.g. no gold tool calls) is skipped and the methods that need it are n/a. Methods that need critic values (``gae``,
 ``ppo-bad``) get a Monte-Carlo **group turn-depth value**: every policy token of turn ``k`` of a row gets the mean
@@ -575,7 +575,7 @@ def load_policy(cfg: CreditAccuracyConfig, source: str, log=print) -> tuple[Any,
 
     The env, budgets and sampling settings are this benchmark's for every policy.
     """
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup
 
     tcfg = cfg.train_config()
     if source == "warm":
@@ -584,7 +584,7 @@ def load_policy(cfg: CreditAccuracyConfig, source: str, log=print) -> tuple[Any,
         sft_dir = Path(cfg.sft_dir) if cfg.sft_dir else Path(cfg.out_dir) / "sft"
         path, sft_info = sft_checkpoint(tcfg, sft_dir, log=log)
         run_cfg = tcfg.replace(model=str(path), sft_steps=0)
-        s = common.setup(run_cfg)
+        s = policy_setup.setup(run_cfg)
         return run_cfg, s, {"source": "warm", "sft_dir": str(path), "sft": sft_info}
     path = Path(source).expanduser()
     if not path.is_dir():
@@ -592,7 +592,7 @@ def load_policy(cfg: CreditAccuracyConfig, source: str, log=print) -> tuple[Any,
                           "turngym run directory or a checkpoint folder).")
     if not _is_run_or_checkpoint(path):
         run_cfg = tcfg.replace(model=str(path), sft_steps=0)
-        return run_cfg, common.setup(run_cfg), {"source": str(path), "kind": "save_pretrained"}
+        return run_cfg, policy_setup.setup(run_cfg), {"source": str(path), "kind": "save_pretrained"}
     from turngym.agents.policy import HFPolicy
     from turngym.agents.render import Renderer, prompt_tool_schemas
     from turngym.envs import make
@@ -605,7 +605,7 @@ def load_policy(cfg: CreditAccuracyConfig, source: str, log=print) -> tuple[Any,
     renderer = Renderer(tok, prompt_tool_schemas(env))
     env.close()
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
-    s = common.Setup(model, tok, renderer, HFPolicy(model, tok), torch.device("cpu"), pad_id)
+    s = policy_setup.Setup(model, tok, renderer, HFPolicy(model, tok), torch.device("cpu"), pad_id)
     run_cfg = tcfg.replace(sft_steps=0)
     return run_cfg, s, {"source": str(path), "kind": "checkpoint"}
 
@@ -621,19 +621,19 @@ def rollout_batch(cfg: CreditAccuracyConfig, log=print, policy: str = "warm", lo
 
     Returns ``(trajectories, setup, info)``; ``loaded`` = a `load_policy` result to reuse.
     """
-    from turngym.trainers import common
+    from turngym.trainers import sampling
 
     run_cfg, s, pinfo = loaded if loaded is not None else load_policy(cfg, policy, log=log)
     s.model.eval()
     seeds = _task_seeds(cfg, cfg.tasks, 1)
     t0 = time.perf_counter()
-    trajs, _ = common.rollout(run_cfg, s, seeds, cfg.group_size, sample_seed=cfg.seed)
+    trajs, _ = sampling.rollout(run_cfg, s, seeds, cfg.group_size, sample_seed=cfg.seed)
     rollout_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     providers, failed = fill_signals_checked(trajs, run_cfg, s)
     info = {**pinfo, "seeds": seeds, "rollout_s": rollout_s, "signals_s": time.perf_counter() - t0,
             "providers": providers, "providers_failed": failed,
-            "success": float(np.mean([common.succeeded(t) for t in trajs]))}
+            "success": float(np.mean([sampling.succeeded(t) for t in trajs]))}
     info.setdefault("sft", {})
     info.setdefault("sft_dir", None)
     return trajs, s, info
@@ -642,14 +642,14 @@ def rollout_batch(cfg: CreditAccuracyConfig, log=print, policy: str = "warm", lo
 def rollout_tree_batch(cfg: CreditAccuracyConfig, run_cfg: Any, s: Any) -> tuple[list[Trajectory], dict[str, Any]]:
     """One batch of tree rollouts (``cfg.n_tree_tasks`` seeds, ``cfg.tree_branching``) with all signals filled."""
     from turngym.agents.rollout import collect_rollouts
-    from turngym.trainers import common
+    from turngym.trainers import sampling
 
     seeds = _task_seeds(cfg, cfg.n_tree_tasks, 2)
     if hasattr(s.policy, "reseed"):
         s.policy.reseed(cfg.seed + 1)
     t0 = time.perf_counter()
     trajs = collect_rollouts(run_cfg.env_id, s.policy, s.renderer, seeds, math.prod(cfg.tree_branching),
-                             sampler="tree", params=common.sampling_params(run_cfg),
+                             sampler="tree", params=sampling.sampling_params(run_cfg),
                              max_turns=run_cfg.max_turns, max_traj_tokens=run_cfg.max_traj_tokens,
                              env_kwargs=run_cfg.env_kwargs, sampler_kwargs={"branching": tuple(cfg.tree_branching)})
     rollout_s = time.perf_counter() - t0
@@ -657,15 +657,15 @@ def rollout_tree_batch(cfg: CreditAccuracyConfig, run_cfg: Any, s: Any) -> tuple
     providers, failed = fill_signals_checked(trajs, run_cfg, s)
     return trajs, {"seeds": seeds, "rollout_s": rollout_s, "signals_s": time.perf_counter() - t0,
                    "providers": providers, "providers_failed": failed,
-                   "success": float(np.mean([common.succeeded(t) for t in trajs])) if trajs else math.nan}
+                   "success": float(np.mean([sampling.succeeded(t) for t in trajs])) if trajs else math.nan}
 
 
 def _providers(run_cfg: Any, s: Any) -> list[Any]:
-    from turngym.trainers import common
+    from turngym.trainers import batch_signals
 
     providers, seen = [], set()
     for m in SIGNAL_METHODS:
-        for p in common.signal_providers(run_cfg.replace(credit=m, credit_overrides={}), s):
+        for p in batch_signals.signal_providers(run_cfg.replace(credit=m, credit_overrides={}), s):
             if p.name not in seen:
                 providers.append(p)
                 seen.add(p.name)

@@ -7,7 +7,7 @@ information and where it is noise.
 
 * **Gold-answer probe** (IGPO, A²TGPO): ``s_k`` = mean log-prob of the gold answer's tokens after turn ``k`` (its
   observation included), ``IG_k = s_k − s_{k−1}`` on every turn but the last. Reported per pseudo-response template:
-  the env's answer format (`turngym.trainers.common.answer_template`, what the trainers use), the same tags without
+  the env's answer format (`turngym.trainers.batch_signals.answer_template`, what the trainers use), the same tags without
   the spaces the env writes inside them (what the trainers used before that fix), and IGPO's default ``<think>``
   template. Figures: Spearman ρ(IG_k, ΔV_k) pooled over IG turns, AUC of IG for "the turn resolved a hop" (0.5 =
   no information), ρ(s_k, V_k) (does the probe level track progress), the mean probe probability ``exp(s)`` at the
@@ -83,7 +83,7 @@ NOSPACE_TEMPLATE = ("<answer>", "</answer>")
 def probe_templates(run_cfg: Any) -> dict[str, tuple[str, str]]:
     """Pseudo-response templates compared: the env's answer format, the tags without spaces, IGPO's default."""
     from turngym.credit.signals import DEFAULT_PROBE_PREFIX, DEFAULT_PROBE_SUFFIX
-    from turngym.trainers.common import answer_template
+    from turngym.trainers.batch_signals import answer_template
 
     out = {"answer format": answer_template(run_cfg)}
     if NOSPACE_TEMPLATE != out["answer format"]:

@@ -46,7 +46,7 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
     Returns:
         ``(path, info)`` with ``info = {"key", "metrics", "eval", "seconds", "cpu_s", "reused"}``.
     """
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup, sampling
 
     path = Path(path)
     key = sft_key(cfg)
@@ -60,11 +60,11 @@ def sft_checkpoint(cfg: TrainConfig, path: str | os.PathLike[str], *, eval_tasks
     say = log or (lambda _msg: None)
     say(f"SFT warm start: {cfg.sft_steps} steps on {cfg.sft_episodes} expert episodes of {cfg.env_id} -> {path}")
     t0, c0 = time.perf_counter(), time.process_time()
-    s = common.setup(cfg)
-    metrics = common.warm_start(cfg, s, lambda m: None)
+    s = policy_setup.setup(cfg)
+    metrics = policy_setup.warm_start(cfg, s, lambda m: None)
     ev: dict[str, float] = {}
     if eval_tasks > 0:
-        ev, _ = common.evaluate(cfg.replace(eval_tasks=eval_tasks), s)
+        ev, _ = sampling.evaluate(cfg.replace(eval_tasks=eval_tasks), s)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -246,15 +246,15 @@ def finished_result(spec: dict[str, Any]) -> dict[str, Any] | None:
 def final_evaluation(tcfg) -> dict[str, list[int]]:
     """Per-task held-out outcomes of the trained run at T=1 (the trainer's sampler seed) and greedy."""
     from turngym.evaluate import load_trained
-    from turngym.trainers import common
+    from turngym.trainers import policy_setup, sampling
 
-    s = common.setup(tcfg)
+    s = policy_setup.setup(tcfg)
     model, _ = load_trained(tcfg.run_dir)
     s.model.load_state_dict(model.state_dict())
     out = {}
     for name, temp in (("t1", 1.0), ("greedy", 0.0)):
-        _, trajs = common.evaluate(tcfg.replace(eval_temperature=temp), s)
-        out[name] = [int(common.succeeded(t)) for t in trajs]
+        _, trajs = sampling.evaluate(tcfg.replace(eval_temperature=temp), s)
+        out[name] = [int(sampling.succeeded(t)) for t in trajs]
     return out
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.credit.credit_helpers import batch_of, make_traj
-from tests.trainers.test_methods_train import ENV, TINY, WARM
+from tests.trainers.test_methods_train import TINY
 from turngym.credit import assign_credit
 from turngym.credit.signals import SIGNAL_PROVIDERS, SignalContext, build_providers
 from turngym.errors import ConfigError, SignalError
@@ -483,23 +483,6 @@ def test_the_real_loopback_judge_writes_the_code(judge_server, tmp_path):
 
 
 # ============================================================================================ trainer resume
-
-
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory) -> str:
-    """The tiny policy warm-started as in test_methods_train (it answers, so the decoder's buffer fills)."""
-    from turngym.trainers import policy_setup
-    from turngym.trainers.config import TrainConfig
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("lare-warm")
-    cfg = TrainConfig(env_id=ENV, model="tiny", model_size="1m", cache_dir=str(root / "cache"), torch_threads=1,
-                      seed=0, **WARM)
-    s = policy_setup.setup(cfg)
-    policy_setup.warm_start(cfg, s, lambda *_: None)
-    s.model.save_pretrained(root / "model")
-    s.tokenizer.save_pretrained(root / "model")
-    return str(root / "model")
 
 
 @pytest.mark.slow

@@ -49,23 +49,6 @@ WARM = {"sft_steps": 60, "sft_batch_size": 8, "sft_lr": 3e-3, "sft_episodes": 64
         "max_new_tokens": 48, "max_traj_tokens": 512}
 
 
-@pytest.fixture(scope="session")
-def warm_model(tmp_path_factory) -> str:
-    """The tiny policy built and warm-started once (`policy_setup.warm_start`), saved with ``save_pretrained``."""
-    from turngym.trainers import policy_setup
-    from turngym.trainers.config import TrainConfig
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("warm")
-    cfg = TrainConfig(env_id=ENV, model="tiny", model_size="1m", cache_dir=str(root / "cache"), torch_threads=1,
-                      seed=0, **WARM)
-    s = policy_setup.setup(cfg)
-    policy_setup.warm_start(cfg, s, lambda *_: None)
-    s.model.save_pretrained(root / "model")
-    s.tokenizer.save_pretrained(root / "model")
-    return str(root / "model")
-
-
 def run_method(method: str, run_dir: Path, model: str, extra: list[str] = ()) -> dict:
     algo = "ppo" if method in VALUE_CREDITS else "grpo"
     cfg = resolve_train_config(

@@ -25,19 +25,9 @@ ENV = "search/HopQA-v0"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_hopqa):
     """(model, tokenizer, renderer, cache_dir) of the 1m tiny policy, built once per module."""
-    from turngym.agents.render import Renderer, prompt_tool_schemas
-    from turngym.agents.tiny import load_policy_model
-    from turngym.envs import make
-
-    torch.set_num_threads(1)
-    cache = tmp_path_factory.getbasetemp() / "tiny-cache"
-    model, tok = load_policy_model("tiny", env_id=ENV, cache_dir=str(cache), size="1m")
-    env = make(ENV)
-    renderer = Renderer(tok, prompt_tool_schemas(env))
-    env.close()
-    return model, tok, renderer, str(cache)
+    return tiny_hopqa
 
 
 @pytest.fixture(scope="module")

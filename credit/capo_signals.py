@@ -271,17 +271,22 @@ class RuleCritiqueProvider:
     A non-answer turn is wrong if it has no parsable tool call (no call, or ``info["parse_errors"]``), a failed call,
     or a call whose name matches no gold call (``meta[gold_calls_key]``; not checked when the key is absent). The
     answer turn (the last turn of a rollout with a final answer) is wrong if the answer matches no gold alternative
-    after `normalize_answer` (not judged without a gold answer). Writes the same signals as `GenPRMCritiqueProvider`
-    with ``m = m_eff = 1`` (so every vote rule gives the same flags) and ``capo_llm = 0``.
+    after `normalize_answer` (not judged without a gold answer). With ``flag_unanswered`` (default) the last turn of
+    a rollout that ended *without* an answer is wrong too: failing to answer is the episode's wrong final step.
+    Without that rule, a multi-turn policy escapes every penalty by never answering (its tool turns are clean and a
+    wrong answer is flagged), and it does: in the powered study CAPO with ``flag_unanswered=false`` stopped answering
+    within 5 steps (benchmarks/README.md). Writes the same signals as `GenPRMCritiqueProvider` with
+    ``m = m_eff = 1`` (so every vote rule gives the same flags) and ``capo_llm = 0``.
     """
 
     name = "capo_critique"
     kind = "rule"
 
     def __init__(self, *, gold_answer_key: str = "gold_answer", gold_calls_key: str = "gold_calls",
-                 err_signal: str = "capo_err", votes_signal: str = "capo_votes"):
+                 err_signal: str = "capo_err", votes_signal: str = "capo_votes", flag_unanswered: bool = True):
         self.gold_answer_key, self.gold_calls_key = gold_answer_key, gold_calls_key
         self.err_signal, self.votes_signal = err_signal, votes_signal
+        self.flag_unanswered = flag_unanswered
 
     def incorrect_steps(self, t: Trajectory) -> list[int]:
         """Indices of the turns of ``t`` the rules flag."""
@@ -297,7 +302,7 @@ class RuleCritiqueProvider:
                 wrong = (not u.tool_calls or bool(u.info.get("parse_errors"))
                          or any(not r.ok for r in u.tool_results)
                          or (gold_names is not None and any(c.name.lower() not in gold_names for c in u.tool_calls)))
-            if wrong:
+            if wrong or (self.flag_unanswered and t.final_answer is None and k == len(t.turns) - 1):
                 out.append(k)
         return out
 
@@ -327,6 +332,9 @@ class CAPOCritiqueOptions:
     """Characters of each observation shown to the judge after its action."""
     on_error: Literal["raise", "zero"] = "raise"
     """Judge failure: raise SignalError (default) or train on zero penalties, counted."""
+    flag_unanswered: bool = True
+    """Rule stand-in (no judge): flag the last turn of a rollout that ended without an answer (false: only wrong
+    steps and wrong answers are flagged, and a policy can escape every penalty by never answering)."""
 
     def __post_init__(self):
         _check(self.n_critiques, self.vote, self.obs_chars, self.on_error)
@@ -337,10 +345,11 @@ def capo_critique_factory(ctx: SignalContext) -> GenPRMCritiqueProvider | RuleCr
     (``judge_url``), else the rule stand-in `RuleCritiqueProvider`. Writes the flags into the credit option
     ``err_signal`` (default ``capo_err``)."""
     err = str(ctx.options.get("err_signal", "capo_err"))
-    if ctx.judge is None:
-        return RuleCritiqueProvider(err_signal=err)
     opts = ctx.options_for(CAPOCritiqueOptions)
-    return GenPRMCritiqueProvider(ctx.judge, err_signal=err, **dataclasses.asdict(opts))
+    if ctx.judge is None:
+        return RuleCritiqueProvider(err_signal=err, flag_unanswered=opts.flag_unanswered)
+    judge_opts = {k: v for k, v in dataclasses.asdict(opts).items() if k != "flag_unanswered"}
+    return GenPRMCritiqueProvider(ctx.judge, err_signal=err, **judge_opts)
 
 
 capo_critique_factory.config_cls = CAPOCritiqueOptions  # type: ignore[attr-defined]

@@ -333,9 +333,12 @@ def built_batch() -> list[Trajectory]:
 
 
 def test_rule_stand_in_on_a_built_batch():
+    legacy = RuleCritiqueProvider(flag_unanswered=False)(built_batch())
+    assert [[u.signals["capo_err"] for u in t.turns] for t in legacy][3] == [1.0, 1.0, 0.0]  # clean last search
     trajs = RuleCritiqueProvider()(built_batch())
     flags = [[u.signals["capo_err"] for u in t.turns] for t in trajs]
-    assert flags == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0, 0.0]]
+    # the unanswered rollout's last turn (a clean search) is flagged: it ended without answering
+    assert flags == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0, 1.0]]
     assert all(t.meta["prompt_signals"]["capo_llm"] == 0.0 and t.meta["capo"]["judge"] == "rule" for t in trajs)
     assert trajs[2].meta["capo"]["critiques"] == [[0, 1]]
     batch = batch_of(trajs)

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from turngym.credit.base import PROMPT_SIGNALS_KEY
 from turngym.credit.matchtir import similarity_matrix
-from turngym.credit.signals import SIGNAL_PROVIDERS, OutcomeClusterProvider, SignalContext
+from turngym.credit.signals import SIGNAL_PROVIDERS, OutcomeClusterProvider, SignalContext, judge_completions
 from turngym.errors import ConfigError, SignalError
 from turngym.types import Trajectory, Turn
 
@@ -460,9 +460,7 @@ class SubgoalJudgeProvider:
             return []
         self.calls += len(prompts)
         try:
-            outs = [str(o) for o in self.judge(prompts)]
-            if len(outs) != len(prompts):
-                raise ValueError(f"judge returned {len(outs)} completions for {len(prompts)} prompts")
+            outs = judge_completions(self.judge, prompts)
         except Exception as e:
             if self.on_error == "raise":
                 raise SignalError(f"SubgoalJudgeProvider: the judge failed on {len(prompts)} {what} prompt(s): "

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from turngym.credit.base import PROMPT_SIGNALS_KEY
-from turngym.credit.signals import SIGNAL_PROVIDERS, SignalContext
+from turngym.credit.signals import SIGNAL_PROVIDERS, SignalContext, judge_completions
 from turngym.credit.siop import normalize_answer
 from turngym.errors import ConfigError, SignalError
 from turngym.types import Trajectory, Turn
@@ -242,9 +242,7 @@ class GenPRMCritiqueProvider:
         if prompts:
             self.requested += len(prompts)
             try:
-                outs = [str(x) for x in self.judge(prompts)]
-                if len(outs) != len(prompts):
-                    raise ValueError(f"judge returned {len(outs)} completions for {len(prompts)} prompts")
+                outs = judge_completions(self.judge, prompts)
             except Exception as e:
                 if self.on_error == "raise":
                     raise SignalError(f"GenPRMCritiqueProvider (CAPO): the judge failed on {len(prompts)} critique "

@@ -67,6 +67,7 @@ __all__ = [
     "build_token_features",
     "gold_token_span",
     "hf_tokenize",
+    "judge_completions",
     "parse_judge_score",
     "register_signal_provider",
     "register_token_feature",
@@ -448,6 +449,15 @@ class ToolMatchProvider:
         return trajs
 
 
+def judge_completions(judge: Callable[[Sequence[str]], Sequence[str]], prompts: Sequence[str]) -> list[str]:
+    """``judge(prompts)`` as strings, one per prompt; raises ``ValueError`` when the judge returns another count (the
+    judge's own exceptions pass through). Providers turn either into `SignalError` or a counted neutral signal."""
+    outs = [str(o) for o in judge(prompts)]
+    if len(outs) != len(prompts):
+        raise ValueError(f"judge returned {len(outs)} completions for {len(prompts)} prompts")
+    return outs
+
+
 def parse_judge_score(text: str) -> float:
     """Ternary judge score from text: ``<score>x</score>``, then ``score: x``, then the first number; else 0.
     Clamped to {−1, 0, 1}."""
@@ -551,9 +561,7 @@ class LLMJudgeProvider:
         if not prompts:
             return trajs
         try:
-            outs = list(self.judge(prompts))
-            if len(outs) != len(prompts):
-                raise ValueError(f"judge returned {len(outs)} completions for {len(prompts)} prompts")
+            outs = judge_completions(self.judge, prompts)
         except Exception as e:
             if self.on_error == "raise":
                 raise SignalError(f"LLMJudgeProvider: the judge callable failed: {e!r}") from e

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from turngym.credit.base import PROMPT_SIGNALS_KEY
-from turngym.credit.signals import SignalContext, register_signal_provider
+from turngym.credit.signals import SignalContext, judge_completions, register_signal_provider
 from turngym.errors import ConfigError, SignalError
 from turngym.types import Trajectory, Turn
 
@@ -528,11 +528,9 @@ class LatentRewardCodeGen:
     def _ask(self, prompts: list[str], temperature: float, kind: str) -> list[str]:
         try:
             with _judge_settings(self.judge, temperature=temperature, max_tokens=self.cfg.max_tokens):
-                outs = [str(o) for o in self.judge(prompts)]
+                outs = judge_completions(self.judge, prompts)
         except Exception as e:
             raise SignalError(f"lare_latent: the judge callable failed on the {kind} request: {e!r}") from e
-        if len(outs) != len(prompts):
-            raise SignalError(f"lare_latent: the judge returned {len(outs)} completions for {len(prompts)} prompts.")
         for p, o in zip(prompts, outs):
             self.dialogue.append({"kind": kind, "temperature": temperature, "prompt": p, "completion": o})
         return outs

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turngym.cache import cache_dir
 from turngym.errors import ConfigError, MissingExtraError
 from turngym.registry import Registry
 
@@ -93,9 +94,8 @@ TINY_SIZES.add("10m", TinySize(hidden_size=352, num_hidden_layers=6, num_attenti
 
 
 def default_cache_dir() -> Path:
-    """``$TURNGYM_CACHE/models`` or ``~/.cache/turngym/models``."""
-    root = os.environ.get("TURNGYM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "turngym")
-    return Path(root) / "models"
+    """``$TURNGYM_CACHE/models`` or ``~/.cache/turngym/models`` (`turngym.cache.cache_root`)."""
+    return cache_dir("models")
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2):

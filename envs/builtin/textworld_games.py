@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from turngym.cache import cache_dir
 from turngym.errors import EnvError, MissingExtraError
 
 CHALLENGES = {"tw-coin_collector": (1, 300), "tw-treasure_hunter": (1, 30)}
@@ -61,9 +62,8 @@ def import_textworld() -> Any:
 
 
 def default_cache_dir() -> Path:
-    """``$TURNGYM_CACHE/textworld`` or ``~/.cache/turngym/textworld``."""
-    root = os.environ.get("TURNGYM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "turngym")
-    return Path(root) / "textworld"
+    """``$TURNGYM_CACHE/textworld`` or ``~/.cache/turngym/textworld`` (`turngym.cache.cache_root`)."""
+    return cache_dir("textworld")
 
 
 def game_seed_of(pool_seed: int, index: int) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from turngym.cache import cache_dir
 from turngym.errors import ConfigError
 from turngym.tools.search.corpus import Document, as_documents, documents_digest, read_corpus
 
@@ -105,9 +106,8 @@ class BM25Params:
 
 
 def default_cache_dir() -> Path:
-    """``$TURNGYM_CACHE_DIR/bm25`` if set, else ``~/.cache/turngym/bm25``."""
-    root = os.environ.get("TURNGYM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "turngym")
-    return Path(root) / "bm25"
+    """``$TURNGYM_CACHE/bm25`` or ``~/.cache/turngym/bm25`` (`turngym.cache.cache_root`)."""
+    return cache_dir("bm25")
 
 
 def _import_bm25s():

@@ -4,7 +4,8 @@
 >>> from turngym.tools.calculator import calculator   # the calculator Tool (its module has the same name)
 
 Sandboxes live in `turngym.tools.sandbox` (``make_sandbox("auto")``) and the search tool in
-`turngym.tools.search`; both import lazily so ``import turngym.tools`` stays light.
+`turngym.tools.search`; both import lazily so ``import turngym.tools`` stays light. Tools of MCP servers:
+``ToolSet.from_mcp(command=[...])`` / ``ToolSet.from_mcp(url=...)`` (`turngym.tools.mcp`, needs ``turngym[mcp]``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from turngym.types import ToolCall, ToolResult
 __all__ = [
     "PARSERS",
     "HermesParser",
+    "MCPClient",
+    "MCPServerError",
     "ParsedAction",
     "Parser",
     "TagsParser",
@@ -36,9 +39,14 @@ __all__ = [
     "get_parser",
     "loads_lenient",
     "make_python_tool",
+    "mcp_tools",
+    "shared_client",
     "tool",
     "validate_arguments",
 ]
+
+
+_MCP_NAMES = ("MCPClient", "MCPServerError", "mcp_tools", "shared_client")
 
 
 def __getattr__(name: str):
@@ -47,4 +55,8 @@ def __getattr__(name: str):
         from turngym.tools.python import make_python_tool
 
         return make_python_tool
+    if name in _MCP_NAMES:  # the module imports the mcp package only when a client connects
+        from turngym.tools import mcp
+
+        return getattr(mcp, name)
     raise AttributeError(f"module 'turngym.tools' has no attribute {name!r}")

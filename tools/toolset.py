@@ -128,6 +128,50 @@ class ToolSet:
         self._lock = threading.Lock()
         self._closed = False
 
+    @classmethod
+    def from_mcp(
+        cls,
+        *,
+        command: Sequence[str] | None = None,
+        url: str | None = None,
+        client: Any = None,
+        include: Sequence[str] | None = None,
+        timeout_s: float = 10.0,
+        max_output_chars: int = 4000,
+        **client_kwargs: Any,
+    ) -> ToolSet:
+        """A ToolSet of an MCP server's tools (`turngym.tools.mcp`; needs ``pip install 'turngym[mcp]'``).
+
+        Give one of ``command`` (a stdio server's argv), ``url`` (a streamable-HTTP endpoint) or ``client`` (a
+        shared `turngym.tools.mcp.MCPClient`). With ``command`` / ``url`` the ToolSet owns its client: it connects
+        now (to list the tools) and `close` ends the session.
+
+        Args:
+            command: The server's command line, e.g. ``[sys.executable, "server.py"]``.
+            url: The server's streamable-HTTP URL, e.g. ``"http://127.0.0.1:8765/mcp"``.
+            client: A shared `MCPClient` (e.g. `turngym.tools.mcp.shared_client`); not closed by `close`.
+            include: Names of the server's tools to take (default: all).
+            timeout_s: Default per-call timeout in seconds.
+            max_output_chars: Outputs and error messages are cut to this many characters.
+            **client_kwargs: `MCPClient` options for a new client (``env``, ``cwd``, ``connect_timeout_s``, ...).
+
+        Raises:
+            MCPServerError: The server cannot be started or reached (a `ToolError`; the message names it).
+            ConfigError: Not exactly one of ``command``, ``url``, ``client``.
+            MissingExtraError: ``mcp`` is not installed.
+        """
+        from turngym.tools.mcp import mcp_tools
+
+        tools = mcp_tools(command=command, url=url, client=client, include=include, **client_kwargs)
+        try:
+            return cls(tools, timeout_s=timeout_s, max_output_chars=max_output_chars)
+        except BaseException:
+            for t in tools:
+                closer = getattr(t.fn, "close", None)
+                if callable(closer):
+                    closer()
+            raise
+
     # ------------------------------------------------------------------ introspection
     @property
     def names(self) -> list[str]:

@@ -29,6 +29,10 @@ TAGS_INSTRUCTIONS = (
     "<search> query </search>, for example <search> founder of Zentrix </search>; the matching documents come "
     "back. When you know the answer, reply with <answer> name </answer>."
 )
+SEARCH_TOOL_DESCRIPTION = (
+    "Search the encyclopedia for one fact, e.g. 'founder of Zentrix'; returns the best documents."
+)
+"""Description of HopQA's ``search`` tool (shown in its schema); an outside search tool (``tools=``) should use it."""
 HERMES_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia with the search tool, one fact at a time "
     '(for example the query "founder of Zentrix"). When you know the answer, reply with <answer>name</answer>.'
@@ -64,6 +68,9 @@ class HopQAEnv(Env):
         retriever_url: URL of a Search-R1 ``/retrieve`` server to use instead of the local index.
         parser: Tool-call format: ``"tags"`` (default) or ``"hermes"``.
         tool_timeout_s: Per-call timeout of the search tool.
+        tools: A `ToolSet` to use instead of the built-in search tool (e.g. ``ToolSet.from_mcp(...)`` serving
+            ``search`` over this world's corpus); it needs a ``search`` tool taking ``query`` whose results show
+            the documents' facts, and the env closes it. Not with ``retriever`` / ``retriever_url``.
         **kwargs: Passed to `Env` (``max_action_chars``, ``max_answer_chars``, ``render_mode``).
     """
 
@@ -82,6 +89,7 @@ class HopQAEnv(Env):
         retriever_url: str | None = None,
         parser: str = "tags",
         tool_timeout_s: float = 10.0,
+        tools: Any = None,
         **kwargs: Any,
     ):
         self.hops = _check_hops(hops)
@@ -92,6 +100,8 @@ class HopQAEnv(Env):
         self.world: World = _shared_world(self.world_seed, int(corpus_size), int(distractors))
         if retriever is not None and retriever_url is not None:
             raise ConfigError("Pass either retriever= or retriever_url=, not both.")
+        if tools is not None and (retriever is not None or retriever_url is not None):
+            raise ConfigError("Pass either tools= (a ToolSet with a search tool) or retriever= / retriever_url=.")
         self._owns_retriever = retriever_url is not None  # a client this env opened; the BM25 index is shared
         if retriever_url is not None:
             from turngym.tools.search import RetrieverClient
@@ -102,7 +112,10 @@ class HopQAEnv(Env):
         self.retriever = retriever
         from turngym.tools.toolset import ToolSet
 
-        tools = ToolSet([_make_search_tool(self.retriever, self.topk)], timeout_s=tool_timeout_s)
+        if tools is None:
+            tools = ToolSet([_make_search_tool(self.retriever, self.topk)], timeout_s=tool_timeout_s)
+        elif not isinstance(tools, ToolSet) or "search" not in tools:
+            raise ConfigError(f"tools= must be a ToolSet with a 'search' tool, got {tools!r}.")
         self.instructions = TAGS_INSTRUCTIONS if parser == "tags" else HERMES_INSTRUCTIONS
         super().__init__(tools=tools, parser=parser, **kwargs)
 
@@ -210,5 +223,5 @@ def _make_search_tool(backend: Any, topk: int) -> Any:
         backend,
         topk,
         formatter=format_hits,
-        description="Search the encyclopedia for one fact, e.g. 'founder of Zentrix'; returns the best documents.",
+        description=SEARCH_TOOL_DESCRIPTION,
     )

@@ -12,6 +12,7 @@ Registered ids:
 | ``multi/SearchTeam-v0`` | AEC | ``searcher_0`` (search tool), ``answerer_0`` (no tools) | cooperative, team reward |
 | ``multi/Negotiate-v0`` | AEC | ``player_0``, ``player_1`` | competitive, private values |
 | ``multi/SealedBid-v0`` | Parallel | ``bidder_0``, ``bidder_1`` | competitive, simultaneous bids |
+| ``multi/TextArena-v0`` | AEC | ``player_0``, ``player_1`` (``game=`` any offline TextArena game) | competitive |
 
 Every id takes ``api="aec"`` or ``api="parallel"``; the other view comes from PettingZoo's converters
 (``parallel_to_aec`` for simultaneous games, ``turn_based_aec_to_parallel`` for turn-based ones). See
@@ -74,7 +75,7 @@ def to_api(env: Any, api: str) -> Any:
     return _APIS[api](env)
 
 
-MULTI_ENV_IDS = ("multi/SearchTeam-v0", "multi/Negotiate-v0", "multi/SealedBid-v0")
+MULTI_ENV_IDS = ("multi/SearchTeam-v0", "multi/Negotiate-v0", "multi/SealedBid-v0", "multi/TextArena-v0")
 """The multi-agent ids turngym registers."""
 
 for _id, _entry in zip(
@@ -83,6 +84,7 @@ for _id, _entry in zip(
         "turngym.envs.multi.searchteam:make_env",
         "turngym.envs.multi.negotiate:make_env",
         "turngym.envs.multi.sealedbid:make_env",
+        "turngym.envs.multi.textarena:make_env",  # imports textarena only when made (turngym[textarena])
     ),
 ):
     if _id not in registry:

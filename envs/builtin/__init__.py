@@ -7,6 +7,8 @@
 | ``code/PyTask-v0`` | `turngym.envs.builtin.pytask.PyTaskEnv` | python (sandboxed) |
 | ``search/SearchR1-v0`` | `turngym.envs.builtin.searchr1.SearchR1Env` | search (BM25 or remote retriever) |
 | ``text/TextWorld-v0``, ``text/TextWorld-Long-v0`` | `turngym.envs.builtin.textworld.TextWorldEnv` | game commands (needs ``turngym[textworld]``) |
+| ``tool/ReasoningGym-v0`` | `turngym.envs.builtin.reasoning_gym.ReasoningGymEnv` | optional calculator / python (needs ``turngym[reasoning-gym]``) |
+| ``openenv/OpenEnv-v0`` | `turngym.envs.builtin.openenv.OpenEnvEnv` | the OpenEnv env's actions (needs ``turngym[openenv]``) |
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _BUILTINS = [
     ("tool/Calc-v0", "turngym.envs.builtin.calc:CalcEnv", 8),
     ("code/PyTask-v0", "turngym.envs.builtin.pytask:PyTaskEnv", 4),
     ("search/SearchR1-v0", "turngym.envs.builtin.searchr1:SearchR1Env", 6),
+    # adapters (each imports its package only when an env is made; without it, make raises MissingExtraError)
+    ("tool/ReasoningGym-v0", "turngym.envs.builtin.reasoning_gym:ReasoningGymEnv", 4),
+    ("openenv/OpenEnv-v0", "turngym.envs.builtin.openenv:OpenEnvEnv", 16),
 ]
 
 for _id, _entry, _max_turns in _BUILTINS:

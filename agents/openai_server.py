@@ -27,6 +27,16 @@ from typing import Any
 from turngym.agents.policy import SamplingParams
 
 
+def send_json(handler: BaseHTTPRequestHandler, code: int, obj: Any) -> None:
+    """Answer an HTTP request with ``obj`` as JSON (status ``code``, with its length: keep-alive safe)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class CompletionServer:
     """Serve `policy` (with `tokenizer`) at ``http://host:port/v1``.
 
@@ -53,12 +63,7 @@ class CompletionServer:
                 return
 
             def _send(self, code: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, obj)
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") in ("/v1/models", "/models"):

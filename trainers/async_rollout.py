@@ -178,7 +178,8 @@ class AsyncRollout:
             from turngym.trainers.grpo import step_seed
 
             seed = step_seed(cfg_, step, 0)
-            trajs, _ = sampling.rollout(cfg_, s_, sampling.task_seeds(cfg_, step), cfg_.group_size, sample_seed=seed)
+            trajs, _ = sampling.rollout(cfg_, s_, sampling.task_seeds(cfg_, step), cfg_.group_size, sample_seed=seed,
+                                        step=step)
             return trajs
 
         fn = sample or default_sample

@@ -43,6 +43,7 @@ LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "se
 KLType = Literal["k1", "k2", "k3", "k1+", "k3+"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 RolloutBackend = Literal["local", "ray"]
+LearnerParallel = Literal["auto", "none", "ddp", "fsdp2"]
 Sampler = Literal["group", "truncated_step", "tree", "reflect_retry"]
 GenerationBackend = Literal["hf", "vllm"]
 LRDecay = Literal["constant", "linear", "cosine"]
@@ -76,9 +77,9 @@ class TrainConfig:
         "dapo": ("DAPO switches", ("dynamic_sampling", "dynamic_sampling_max_rounds", "overlong_buffer",
                                    "overlong_penalty")),
         "sampling": ("Sampling", ("temperature", "top_p", "max_new_tokens", "max_traj_tokens", "sampler",
-                                  "sampler_options", "max_staleness")),
+                                  "sampler_options", "rollout", "max_staleness")),
         "scale": ("Scale", ("rollout_backend", "rollout_workers", "rollout_worker_cpus", "generation_backend",
-                            "vllm_gpu_memory_utilization", "vllm_sleep_level")),
+                            "vllm_gpu_memory_utilization", "vllm_sleep_level", "learner_parallel")),
         "sft": ("SFT warm start", ("pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "sft_episodes",
                                    "sft_batch_size", "expert_noise")),
         "eval": ("Evaluation", ("eval_tasks", "eval_seed", "eval_every", "eval_temperature")),
@@ -236,6 +237,8 @@ class TrainConfig:
     """How rollouts are drawn: "group" (G full episodes per task), "truncated_step" (SLATE), "tree" (shared prefixes), "reflect_retry" (R³L: half the group sampled, failures reflected on and retried from the diagnosed turn)."""
     sampler_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the sampler (e.g. R³L's reflection="policy", sft_trigger="release"); set one with sampler.name=value. Checked against the sampler's signature."""
+    rollout: str | None = None
+    """Training rollouts from your own agent: "agent:module:function" (or "agent:path/to/file.py:function"), an `async def run(client, task) -> float` written with the openai client, run group_size times per task against the OpenAI-compatible gateway (docs/gateway.md); none steps the env."""
     max_staleness: int = 0
     """Async rollouts: 0 samples each step with the current weights; N > 0 lets step n+N be sampled while step n trains."""
 
@@ -252,6 +255,8 @@ class TrainConfig:
     """Share of the GPU vLLM pre-allocates for weights and KV cache (CUDA only; the learner needs the rest)."""
     vllm_sleep_level: int = 0
     """vLLM sleep mode during each update (CUDA only): 0 keeps the engine's memory, 1 offloads its weights to CPU RAM and frees the KV cache, 2 frees both (the update's weights are pushed on wake-up either way)."""
+    learner_parallel: LearnerParallel = "auto"
+    """Data-parallel learner under `torchrun --nproc_per_node N -m turngym train`: "ddp" (replicated weights), "fsdp2" (sharded weights, gradients, optimizer state), "none" (one process only), or "auto" (none on one process; ddp, or fsdp2 for a model whose training state would fill a GPU). docs/scaling.md."""
 
     # --- sft warm start
     pretrain_steps: int = 0
@@ -376,6 +381,10 @@ class TrainConfig:
             raise ConfigError(str(err)) from None
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError("wandb=true but wandb is not installed. Fix: `pip install wandb`, or wandb=false.")
+        if self.rollout is not None:  # the agent's module imports now, before any work
+            from turngym.trainers.agent_rollout import load_agent
+
+            load_agent(self.rollout)
 
 
 def _credit_registry() -> Any:
@@ -822,6 +831,25 @@ def _check_generation(c: TrainConfig) -> str:
     return ""
 
 
+def _check_rollout(c: TrainConfig) -> str:
+    if c.rollout is None:
+        return ""
+    kind, _, target = c.rollout.partition(":")
+    module, _, func = target.rpartition(":")
+    if kind != "agent" or not module or not func.isidentifier():
+        return (f"rollout={c.rollout!r} is not an agent rollout. Fix: rollout=agent:package.module:function or "
+                "rollout=agent:path/to/file.py:function (an `async def run(client, task) -> float`), or no rollout.")
+    clashes = {"algo": c.algo == "multi", "sampler": c.sampler != "group", "max_staleness": c.max_staleness > 0,
+               "rollout_backend": c.rollout_backend != "local"}
+    bad = [k for k, v in clashes.items() if v]
+    if bad:
+        given = ", ".join(f"{k}={getattr(c, k)!r}" for k in bad)
+        return (f"rollout={c.rollout!r} (agent rollouts through the gateway) with {given}: the agent plays whole "
+                "episodes in this process. Fix: algo=grpo or ppo, sampler=group, max_staleness=0, "
+                "rollout_backend=local.")
+    return ""
+
+
 def _check_run(c: TrainConfig) -> str:
     if c.eval_seed + c.eval_tasks - 1 > _SEED:
         return (f"eval_seed={c.eval_seed} + eval_tasks={c.eval_tasks} goes past the largest seed {_SEED}. "
@@ -833,7 +861,7 @@ def _check_run(c: TrainConfig) -> str:
 
 _CHECKS = (
     _check_group, _check_batch, _check_optim, _check_clip, _check_coefs,
-    _check_sampling, _check_algo, _check_async, _check_generation, _check_run,
+    _check_sampling, _check_algo, _check_async, _check_generation, _check_rollout, _check_run,
 )
 
 

@@ -34,12 +34,17 @@ background producer that samples with a behaviour copy of the policy (or a Ray p
 the learner pushes its weights to it after every update. The ratio's "old" policy is then the behaviour policy
 that sampled the batch (its recorded log-probs, never recomputed), as in decoupled / one-step-off-policy PPO;
 signals are scored with the learner's current weights. Each step logs its staleness (``async/*``).
+
+Data parallel (``torchrun --nproc_per_node N -m turngym train``, ``dist`` a `turngym.trainers.dp.DataParallel`):
+each rank rolls out its share of the step's groups (whole groups, one sampler seed per group), computes their
+signals and credit, and joins the synchronised update (global token normalisation); the metrics are merged over
+ranks. Departure: a credit method's batch-wide statistics (e.g. whitening over the batch) span the rank's groups.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +59,9 @@ from turngym.trainers.nanguard import NanGuard
 from turngym.trainers.update import update
 from turngym.viewer import annotate
 
+if TYPE_CHECKING:
+    from turngym.trainers.dp import DataParallel
+
 
 class GRPO:
     """GRPO's part of the shared loop (`turngym.trainers.loop`): the policy alone, one AdamW, `train_step`."""
@@ -67,9 +75,10 @@ class GRPO:
         return s.model, optimizer
 
     def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
-             guard: NanGuard, ref_model, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
+             guard: NanGuard, ref_model, producer: AsyncRollout | None, *,
+             dist: DataParallel | None = None) -> tuple[list, dict[str, float]]:
         trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
-                                       producer=producer)
+                                       producer=producer, dist=dist)
         return trajs, metrics
 
     def summary(self, cfg: TrainConfig) -> dict[str, Any]:
@@ -82,8 +91,8 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
 
 
 def train_step(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
-               guard: NanGuard, *, ref_model=None,
-               producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
+               guard: NanGuard, *, ref_model=None, producer: AsyncRollout | None = None,
+               dist: DataParallel | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
     """One GRPO step, 1-4 of the algorithm in the module docstring (rollout, signals, credit, update); the caller
     logs, evaluates and checkpoints.
 
@@ -97,6 +106,7 @@ def train_step(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.O
         ref_model: The frozen KL reference (`loop.kl_reference`); None when ``kl_coef == 0``.
         producer: The async rollout producer (``max_staleness > 0``): the batch comes from it, and the updated
             weights go back to it. With ``generation_backend="vllm"`` they go to ``s.policy`` (`policy_setup.sync_sampler`).
+        dist: Data parallel (`turngym.trainers.dp`): this rank's groups, the synchronised update, merged metrics.
 
     Returns:
         ``(trajectories, batch, metrics)``: the step's trajectories (annotated for `turngym view`), its
@@ -106,7 +116,10 @@ def train_step(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.O
     t_step = time.perf_counter()
 
     # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs
-    trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
+    if dist is None:
+        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer)
+    else:  # DIST: this rank's groups
+        trajs, batch, metrics = rollout_batch(cfg, s, step, providers, ref_model, producer, dist=dist)
 
     # --- 4. credit
     t0 = time.perf_counter()
@@ -120,25 +133,32 @@ def train_step(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.O
     metrics["rollout/zero_var_groups"] = zero_var_groups(batch)
 
     # --- 5. update (skipped when advantages are not finite), new weights to the producer and the sampler
-    metrics |= update_and_sync(cfg, s, optimizer, batch, out, guard, step, producer)
-    return trajs, batch, metrics | step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
+    metrics |= update_and_sync(cfg, s, optimizer, batch, out, guard, step, producer, dist=dist)
+    metrics |= step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
+    return trajs, batch, metrics if dist is None else dist.merge_metrics(metrics, trajs)  # DIST: the whole step
 
 
 def update_and_sync(cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, batch: GroupBatch, out,
                     guard: NanGuard, step: int, producer: AsyncRollout | None = None, *,
-                    critic=None) -> dict[str, float]:
+                    critic=None, dist: DataParallel | None = None) -> dict[str, float]:
     """Step 5 of both trainers: the update (`turngym.trainers.update.update`, with the PPO ``critic`` when given)
     unless the advantages or the loss are not finite (``guard`` counts it), then the new weights to the async
     ``producer`` (every step, skipped or not: versions count steps) and to the sampler (`policy_setup.sync_sampler`, a
     no-op for hf; a vLLM engine in sleep mode sleeps through the update, `policy_setup.sleep_sampler`). Returns the
-    ``train/*`` metrics and ``perf/update_s``, ``perf/update_cpu_s``, ``perf/sync_s``."""
+    ``train/*`` metrics and ``perf/update_s``, ``perf/update_cpu_s``, ``perf/sync_s``. Under ``dist`` the update is
+    the data-parallel one (`DataParallel.update`), skipped on every rank when any rank's advantages are not finite."""
     t0, c0 = time.perf_counter(), time.process_time()
     metrics: dict[str, float] = {}
     policy_setup.sleep_sampler(cfg, s)  # vllm_sleep_level > 0: the engine's GPU memory to the update
-    if guard.check(step + 1, advantages=out.advantages):
+    advantages = out.advantages if dist is None else dist.finite(out.advantages)  # DIST: every rank decides alike
+    if guard.check(step + 1, advantages=advantages):
         if critic is not None:
             critic.train()
-        metrics = update(cfg, s.model, optimizer, batch, out, critic=critic)
+        if dist is None:
+            metrics = update(cfg, s.model, optimizer, batch, out, critic=critic)
+        else:  # DIST: the synchronised update of this rank's rows
+            metrics = dist.update(cfg, s, batch, out)
+            dist.sync_lr(optimizer)
         if critic is not None:
             critic.eval()
         if guard.check(step + 1, loss=metrics["train/loss"]):
@@ -169,13 +189,14 @@ def step_perf(trajs: list, batch: GroupBatch, metrics: dict[str, float], optimiz
 
 
 def rollout_batch(cfg: TrainConfig, s: policy_setup.Setup, step: int, providers: list, ref_model=None,
-                  producer: AsyncRollout | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
+                  producer: AsyncRollout | None = None, *,
+                  dist: DataParallel | None = None) -> tuple[list, GroupBatch, dict[str, float]]:
     """Steps 1-3 of both trainers: the step's trajectories (sampled now, or taken from the async ``producer``),
     their signals, and the `GroupBatch` with overlong shaping, behaviour log-probs (recomputed only when a
-    synchronous sampler gave none) and reference log-probs."""
+    synchronous sampler gave none) and reference log-probs. Under ``dist``: this rank's groups (`DataParallel.sample`)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if producer is None:
-        trajs, extra = sample(cfg, s, step)
+        trajs, extra = sample(cfg, s, step) if dist is None else dist.sample(cfg, s, step)  # DIST: this rank's groups
         extra |= {"perf/rollout_s": time.perf_counter() - t0, "perf/rollout_cpu_s": time.process_time() - c0}
     else:  # sampled in the background, at most max_staleness versions old; async/* metrics
         trajs, extra = producer.get(step)
@@ -209,7 +230,7 @@ def sample(cfg: TrainConfig, s: policy_setup.Setup, step: int) -> tuple[list, di
     """The step's trajectories; with DAPO dynamic sampling, groups whose outcomes are all equal are dropped and
     fresh tasks are sampled (at most ``dynamic_sampling_max_rounds`` rounds) until ``tasks_per_step`` groups."""
     seeds = sampling.task_seeds(cfg, step)
-    trajs, stats = sampling.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0))
+    trajs, stats = sampling.rollout(cfg, s, seeds, cfg.group_size, sample_seed=step_seed(cfg, step, 0), step=step)
     all_stats = [stats]
     if not cfg.dynamic_sampling:
         return trajs, rollout_parts(all_stats)
@@ -218,7 +239,8 @@ def sample(cfg: TrainConfig, s: policy_setup.Setup, step: int) -> tuple[list, di
     while len({t.group_id for t in kept}) < cfg.tasks_per_step and rounds < cfg.dynamic_sampling_max_rounds:
         more_seeds = [int(x) for x in np.random.default_rng([cfg.seed, step, rounds]).integers(
             0, cfg.eval_seed, size=cfg.tasks_per_step)]
-        more, stats = sampling.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds))
+        more, stats = sampling.rollout(cfg, s, more_seeds, cfg.group_size, sample_seed=step_seed(cfg, step, rounds),
+                                        step=step)
         all_stats.append(stats)
         fresh = keep_informative(more)
         dropped += len(more_seeds) - len({t.group_id for t in fresh})
@@ -231,9 +253,14 @@ def sample(cfg: TrainConfig, s: policy_setup.Setup, step: int) -> tuple[list, di
 
 def rollout_parts(stats: list) -> dict[str, float]:
     """Where the rollout engine's wall time went (``RolloutStats`` of each sampling round, summed):
-    ``perf/rollout_{generate,env,render,setup}_s``."""
-    return {f"perf/rollout_{part}_s": float(sum(getattr(st, f"{part}_s") for st in stats))
-            for part in ("generate", "env", "render", "setup")}
+    ``perf/rollout_{generate,env,render,setup}_s``, plus the counters an agent rollout adds (``stats.extra``,
+    `turngym.trainers.agent_rollout`)."""
+    out = {f"perf/rollout_{part}_s": float(sum(getattr(st, f"{part}_s") for st in stats))
+           for part in ("generate", "env", "render", "setup")}
+    for st in stats:
+        for k, v in getattr(st, "extra", {}).items():
+            out[k] = max(out.get(k, 0.0), float(v)) if k.endswith("max_batch") else out.get(k, 0.0) + float(v)
+    return out
 
 
 def step_seed(cfg: TrainConfig, step: int, round_: int) -> int:

@@ -15,6 +15,11 @@
    the loop logs them, evaluates every ``eval_every`` steps and checkpoints every ``checkpoint_every`` steps.
    With ``max_staleness > 0`` a background producer samples ahead (`AsyncRollout`).
 5. **End**: final evaluation and checkpoint, the summary (plus `Algorithm.summary`), the report, one console line.
+
+Data parallel (``torchrun --nproc_per_node N -m turngym train``, `turngym.trainers.dp`): the marked ``dist`` calls
+join the process group, build the model on rank 0 first, wrap the policy after the warm start or the restore, and
+keep rank 0 the only writer (run log, evaluations, checkpoints, KL reference, report); every rank runs every
+step on its share of the task groups. ``dist`` is None on the plain single-process path.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from turngym.credit import CREDIT
-from turngym.trainers import batch_signals, learned, policy_setup, sampling
+from turngym.trainers import batch_signals, dp, learned, policy_setup, sampling
 from turngym.trainers.async_rollout import AsyncRollout
 from turngym.trainers.checkpoint import (
     CheckpointError,
@@ -51,8 +56,10 @@ class Algorithm(Protocol):
         """After the warm start: the module a checkpoint holds and restores, and the optimizer over it."""
 
     def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
-             guard: NanGuard, ref_model: Any, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
-        """One step (rollout, signals, credit, update): the step's trajectories and the metrics of ``step + 1``."""
+             guard: NanGuard, ref_model: Any, producer: AsyncRollout | None, *,
+             dist: dp.DataParallel | None = None) -> tuple[list, dict[str, float]]:
+        """One step (rollout, signals, credit, update): the step's trajectories and the metrics of ``step + 1``
+        (under ``dist``: this rank's trajectories, the metrics of the whole step)."""
 
     def summary(self, cfg: TrainConfig) -> dict[str, Any]:
         """Keys added to the run's summary."""
@@ -62,14 +69,18 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
     """Run ``algo`` end to end; returns a summary (success before/after, run directory)."""
     CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
     algo.check(cfg)
+    dist, cfg = dp.DataParallel.start(cfg)  # DIST: torchrun's process group (None: one process, the plain path)
+    main = dist is None or dist.is_main  # the rank that writes
     # --resume: every file it reads is verified first; ResumeError (exit 2) before anything is written
     ckpt = resume_checkpoint(cfg.run_dir, reference=cfg.kl_coef > 0) if cfg.resume and cfg.run_dir else None
-    s = policy_setup.setup(cfg)
+    if dist is not None:  # DIST: every rank continues from the same step; rank 0 builds the model first
+        dist.check_resume(ckpt.step if ckpt else None)
+    s = policy_setup.setup(cfg) if dist is None else dist.setup(cfg)
     guard = NanGuard(max_consecutive=cfg.max_nonfinite_steps)
 
     # --- resume (checked above) or warm start; the algorithm's modules are built from the warm policy
     run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
-                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
+                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console, write=main)
     if ckpt is None and cfg.sft_steps > 0:
         sft = policy_setup.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
         run.log(0, sft, kind="sft")
@@ -79,16 +90,19 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
         ckpt.restore(modules, optimizer)
         learned.load_learned_state(s.learned, ckpt.components, where=str(ckpt.path))
         guard.load_state_dict(ckpt.extra.get("nanguard", {}))
+    if dist is not None:  # DIST: rank 0's warm-started / restored weights to every rank, the policy wrapped
+        dist.attach(cfg, s, optimizer, message=run.message)
+    if ckpt is not None:
         start, before = ckpt.step, ckpt.extra.get("eval_before", {})
         run.message(f"resumed from {ckpt.path} at step {start}")
         policy_setup.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the resumed weights
     else:
         start = 0
         policy_setup.start_sampler(cfg, s, run.run_dir, message=run.message)  # vLLM: engine from the warm weights
-        before, trajs = sampling.evaluate(cfg, s)
+        before, trajs = sampling.evaluate(cfg, s) if main else ({}, [])  # DIST: rank 0 evaluates
         run.log(0, before, kind="eval")
         run.log_trajectories(0, trajs, kind="eval")
-        checkpoint(cfg, run, modules, optimizer, 0, guard, before, s.learned)
+        checkpoint(cfg, run, modules, optimizer, 0, guard, before, s.learned, dist=dist)
     ref_model = kl_reference(cfg, run, s.model, resumed=ckpt is not None)  # the policy only, stored once per run
     providers = batch_signals.signal_providers(cfg, s, run_dir=run.run_dir)
 
@@ -97,34 +111,38 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
     try:
         for step in range(start, cfg.steps):
             # --- rollout, signals, credit, update: one algorithm step
-            trajs, metrics = algo.step(cfg, s, optimizer, step, providers, guard, ref_model, producer)
+            trajs, metrics = algo.step(cfg, s, optimizer, step, providers, guard, ref_model, producer,
+                                       **({"dist": dist} if dist is not None else {}))
 
             # --- log, evaluate, checkpoint
             run.log(step + 1, metrics)
             run.log_trajectories(step + 1, trajs)
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and main:
                 run.log(step + 1, sampling.evaluate(cfg, s)[0], kind="eval")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before, s.learned)
+                checkpoint(cfg, run, modules, optimizer, step + 1, guard, before, s.learned, dist=dist)
     finally:
         if producer is not None:
             producer.close()
 
     # --- final evaluation, checkpoint and report
-    after, trajs = sampling.evaluate(cfg, s)
+    after, trajs = sampling.evaluate(cfg, s) if main else ({}, [])  # DIST: rank 0 evaluates
     run.log(cfg.steps, after, kind="eval")
     run.log_trajectories(cfg.steps, trajs, kind="eval")
-    checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before, s.learned)
+    checkpoint(cfg, run, modules, optimizer, cfg.steps, guard, before, s.learned, dist=dist)
     summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
                "success_after": after.get("eval/success"), "steps": cfg.steps, "credit": cfg.credit}
     summary |= algo.summary(cfg)
-    if cfg.report:
+    if cfg.report and main:
         summary["report"] = str(write_report(run.run_dir, cfg, summary))
-    run.message(
-        f"held-out success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
-        f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
-    )
+    if main:
+        run.message(
+            f"held-out success: {summary['success_before']:.3f} -> {summary['success_after']:.3f} "
+            f"({cfg.eval_tasks} tasks); run directory {run.run_dir}"
+        )
     run.close()
+    if dist is not None:  # DIST: every rank meets, then leaves the process group
+        dist.finish()
     if cfg.rollout_backend == "ray":
         from turngym.agents.ray_rollout import close_pools
 
@@ -157,7 +175,8 @@ def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
         if resumed:
             run.message(f"no stored KL reference in {run.run_dir}: the resumed weights become the reference "
                         "(stored now, for later resumes)")
-        save_reference(run.run_dir, model, trainable_only=cfg.lora)
+        if run.writes:  # rank 0 of a data-parallel run
+            save_reference(run.run_dir, model, trainable_only=cfg.lora)
     ref = frozen_copy(model)
     if state is not None:
         _, unexpected = ref.load_state_dict(state, strict=not cfg.lora)
@@ -168,9 +187,15 @@ def kl_reference(cfg: TrainConfig, run: RunLog, model, *, resumed: bool):
 
 
 def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard: NanGuard, before: dict,
-               components: list | None = None) -> None:
+               components: list | None = None, *, dist: dp.DataParallel | None = None) -> None:
     """Atomic checkpoint with everything `--resume` needs (the run log's byte offsets and the learned signal
-    components included)."""
+    components included). Data parallel (``dist``): called on every rank; the full state (FSDP2's sharded optimizer
+    state gathered first) is written by rank 0 alone."""
+    if dist is not None:
+        dist.gather_optimizer(optimizer)
+        if not run.writes:
+            dist.release_optimizer(optimizer)
+            return
     run.sync()
     save_checkpoint(
         run.run_dir, step, model=model, optimizer=optimizer, data_state={"next_step": step}, config=cfg,
@@ -178,6 +203,8 @@ def checkpoint(cfg: TrainConfig, run: RunLog, model, optimizer, step: int, guard
         extra={"nanguard": guard.state_dict(), "eval_before": before, "runlog": run.state_dict()},
         components=learned.learned_state(components or []),
     )
+    if dist is not None:
+        dist.release_optimizer(optimizer)
 
 
 def learned_context(cfg: TrainConfig, s: policy_setup.Setup, run_dir) -> learned.LearnedContext:

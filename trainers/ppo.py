@@ -38,6 +38,8 @@ Departures from PPO (Schulman et al., 2017) and its RLHF form (Ouyang et al. / v
   through ``value_coef`` (the paper's shared-parameter variant). ``critic="separate"`` is verl's separate critic.
 * With ``generation_backend="hf"`` the sampler is the policy itself in process, so there is no weight sync; with
   ``"vllm"`` the engine is built after the warm start and gets the weights after every update, as in GRPO.
+* Data parallel (torchrun, several processes) is refused before any work: the critic's gradients are not
+  synchronised (`turngym.trainers.dp`); on one process ``learner_parallel`` changes nothing for PPO.
 * Async rollouts (``max_staleness > 0``): as in GRPO, batches come from a background producer up to
   ``max_staleness`` versions behind; the ratio uses the behaviour log-probs, but the values ``V_old`` are the
   learner's current critic at admission time, not the behaviour-time critic.
@@ -84,7 +86,10 @@ class PPO:
         return modules, make_optimizer(cfg, s.model, self.critic)
 
     def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: torch.optim.Optimizer, step: int, providers: list,
-             guard: NanGuard, ref_model, producer: AsyncRollout | None) -> tuple[list, dict[str, float]]:
+             guard: NanGuard, ref_model, producer: AsyncRollout | None, *,
+             dist: Any = None) -> tuple[list, dict[str, float]]:
+        if dist is not None and dist.info.distributed:  # refused before any work (`dp.check_launch`)
+            raise ConfigError("algo=ppo under several processes: its critic is not synchronised. Fix: algo=grpo.")
         t_step = time.perf_counter()
 
         # --- 1. rollout, 2. signals, 3. batch with behaviour (and reference) log-probs

@@ -169,6 +169,13 @@ METRICS: dict[str, str] = {
     "`multi/eval/<role>/success`, ...), per-learner update and credit metrics (`multi/<learner>/train/loss`, "
     "`multi/<learner>/credit/adv_std`), team success per episode (`multi/team_success`) and self-play pool size "
     "(`multi/pool_size`); see `turngym.trainers.multi`.",
+    # --- agent rollouts through the gateway (rollout=agent:..., turngym.trainers.agent_rollout)
+    "agent/*": "Agent rollouts (`rollout=agent:...`, turngym.trainers.agent_rollout): `agent/episodes` run this step, "
+    "`agent/failures` (the agent raised, timed out or returned no reward: episode dropped, traceback logged), "
+    "`agent/budget_stops` (episodes stopped at max_traj_tokens), `agent/splits` (history changes that split an "
+    "episode).",
+    "gateway/*": "The agent rollout's gateway: `gateway/generate_calls` (batched policy.generate calls), "
+    "`gateway/max_batch` (most requests in one call), `gateway/errors` (requests refused with an HTTP error).",
     # --- learned signal components (turngym.trainers.learned)
     "learned/*": "A learned signal component's metric (`learned/<component>/<key>`: OPRL's implicit PRM loss and "
     "pairs, LaRe's decoder loss, ...), from its `before_credit` / `after_credit` hooks; see the component's "
@@ -419,6 +426,8 @@ class RunLog:
         strict: Raise on undocumented metric keys (see :data:`METRICS`).
         progress: Show the live progress bar; default ``cfg.progress``.
         console: A ``rich.console.Console`` to draw on (tests pass one writing to a buffer).
+        write: False on the ranks of a data-parallel run other than rank 0 (`turngym.trainers.dp`): nothing is
+            created, written or printed; `log` still checks the keys and returns the line.
 
     Raises:
         ConfigError: A new run (not resuming) was pointed at a directory that already holds a run.
@@ -434,9 +443,16 @@ class RunLog:
         strict: bool = True,
         progress: bool | None = None,
         console: Any = None,
+        write: bool = True,
     ) -> None:
         path = Path(run_dir or getattr(cfg, "run_dir", None) or default_run_dir(cfg))
         resuming = bool(getattr(cfg, "resume", False)) or resume_step is not None
+        self.writes = write
+        if not write:  # a data-parallel rank other than 0: rank 0 writes the run directory
+            self.run_dir, self.cfg, self.strict, self._last, self._t0 = path, cfg, strict, {}, time.time()
+            self._metrics = self._trajs = self._tb = self._wandb = None
+            self._bar = _Progress(enabled=False)
+            return
         check_run_dir_free(path, resuming)
         path.mkdir(parents=True, exist_ok=True)
         self.run_dir = path
@@ -501,6 +517,8 @@ class RunLog:
         line: dict[str, Any] = {"step": int(step), "kind": kind, "time": round(now, 3),
                                 "elapsed_s": round(now - self._t0, 3)}
         line.update({k: _clean(v) for k, v in metrics.items()})
+        if not self.writes:
+            return line
         text = json.dumps(line, allow_nan=False) + "\n"
         self._metrics.write(text)
         self._sha["metrics"].update(text.encode("utf-8"))
@@ -523,6 +541,8 @@ class RunLog:
             How many were written (at most ``limit``, default ``cfg.save_trajectories``).
         """
         limit = int(getattr(self.cfg, "save_trajectories", 4)) if limit is None else limit
+        if not self.writes:
+            return 0
         n = 0
         for traj in trajectories:
             if n >= limit:
@@ -539,6 +559,8 @@ class RunLog:
     def state_dict(self) -> dict[str, Any]:
         """Byte offsets and sha256 of the metrics and trajectory files (flushed and fsync'ed): store in the
         checkpoint (:func:`check_log_prefix` compares them on resume)."""
+        if not self.writes:
+            return {}
         self.sync()
         return {"metrics_bytes": self._metrics.tell(), "trajectories_bytes": self._trajs.tell(),
                 "metrics_sha256": self._sha["metrics"].hexdigest(),
@@ -546,6 +568,8 @@ class RunLog:
 
     def sync(self) -> None:
         """Flush and fsync the metric and trajectory files."""
+        if not self.writes:
+            return
         for fh in (self._metrics, self._trajs):
             if not fh.closed:
                 fh.flush()
@@ -575,13 +599,14 @@ class RunLog:
             self.message(f"eval @ step {step}: " + "  ".join(parts))
 
     def message(self, text: str) -> None:
-        """Print a line above the progress bar."""
-        self._bar.print(text)
+        """Print a line above the progress bar (rank 0 only in a data-parallel run)."""
+        if self.writes:
+            self._bar.print(text)
 
     def close(self) -> None:
         """Flush and close everything (safe to call twice)."""
         self._bar.stop()
-        if not self._metrics.closed:
+        if self._metrics is not None and not self._metrics.closed:
             self.sync()
             self._metrics.close()
             self._trajs.close()

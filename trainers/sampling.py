@@ -24,13 +24,24 @@ def sampling_params(cfg: TrainConfig, *, temperature: float | None = None):
 
 
 def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *, temperature: float | None = None,
-            policy: Any = None, sample_seed: int | None = None, sampler: str | None = None
-            ) -> tuple[list[Trajectory], Any]:
+            policy: Any = None, sample_seed: int | None = None, sampler: str | None = None,
+            step: int | None = None) -> tuple[list[Trajectory], Any]:
     """Roll out ``group_size`` trajectories per seed with the current policy; returns (trajectories, stats).
 
+    ``step`` (training rollouts) is the RL step, handed to an env with a curriculum as ``curriculum_step``
+    (`step_env_kwargs`); evaluation passes none.
+
     ``sample_seed`` seeds the sampler for this call, so a resumed run draws the same tokens. ``sampler`` replaces
-    ``cfg.sampler`` for this call (evaluation plays full episodes: ``"group"``).
+    ``cfg.sampler`` for this call (evaluation plays full episodes: ``"group"``). With ``cfg.rollout`` set (and no
+    ``policy`` / ``sampler`` given: training rollouts, not evaluation) the user's agent plays the episodes through
+    the gateway (`turngym.trainers.agent_rollout`).
     """
+    if step is not None:
+        cfg = cfg.replace(env_kwargs=step_env_kwargs(cfg, step))
+    if cfg.rollout is not None and policy is None and sampler is None:  # the user's agent through the gateway
+        from turngym.trainers.agent_rollout import rollout as agent_rollout
+
+        return agent_rollout(cfg, s, seeds, group_size, temperature=temperature, sample_seed=sample_seed)
     if cfg.rollout_backend == "ray" and policy is None:  # Ray rollout workers, weights pushed when changed
         from turngym.agents.ray_rollout import collect
 
@@ -48,10 +59,31 @@ def rollout(cfg: TrainConfig, s: Setup, seeds: Sequence[int], group_size: int, *
     )
 
 
+def step_env_kwargs(cfg: TrainConfig, step: int) -> dict[str, Any]:
+    """``cfg.env_kwargs`` plus ``curriculum_step=step`` for an env with a curriculum (an env kwarg ``curriculum``,
+    e.g. ``tool/ReasoningGym-v0``), unless the user fixed ``curriculum_step``; otherwise unchanged."""
+    if not cfg.env_kwargs.get("curriculum") or "curriculum_step" in cfg.env_kwargs:
+        return cfg.env_kwargs
+    return {**cfg.env_kwargs, "curriculum_step": int(step)}
+
+
 def task_seeds(cfg: TrainConfig, step: int) -> list[int]:
     """Training task seeds of ``step``: a pure function of (seed, step), so a resumed run sees the same data."""
     rng = np.random.default_rng([cfg.seed, step])
     return [int(x) for x in rng.integers(0, cfg.eval_seed, size=cfg.tasks_per_step)]
+
+
+def rank_groups(cfg: TrainConfig, step: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int, int]]:
+    """This rank's share of ``step``'s task groups under data parallelism: ``(index, task_seed, sample_seed)`` of
+    groups ``rank, rank + world_size, ...`` of `task_seeds` (whole groups, round robin, as `shard_groups`). Each group
+    gets its own sampler seed, a pure function of (seed, step, index), and is rolled out alone, so a group's
+    trajectories do not depend on how many ranks share the step (`turngym.trainers.dp`)."""
+    out = []
+    for i, task_seed in enumerate(task_seeds(cfg, step)):
+        if i % world_size == rank:
+            sample_seed = int(np.random.default_rng([cfg.seed, step, i, 13]).integers(2**31))
+            out.append((i, task_seed, sample_seed))
+    return out
 
 
 def succeeded(t: Trajectory) -> bool:

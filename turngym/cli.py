@@ -1,11 +1,13 @@
 """The `turngym` command line.
 
     turngym train [PRESET | FILE.yaml] [key=value ...] [--resume RUN_DIR] [--help-config] [--print-config]
+    torchrun --nproc_per_node N -m turngym train ...   the same run, data parallel (docs/scaling.md)
     turngym presets                      list the training presets
     turngym envs                         list registered env ids
     turngym check ENV_ID | module:Class | file.py:Class   run turngym.envs.check_env on an env
     turngym eval ... / turngym rollout ...   (turngym.evaluate)
     turngym serve-retriever --corpus FILE --port N   (turngym.tools.search.server)
+    turngym serve-policy [--model M] [--env ENV] [--port N]   OpenAI-compatible gateway (turngym.agents.gateway)
     turngym view RUN_DIR_OR_JSONL [--out FILE] [--serve --port N]   HTML viewer (--text: terminal summary)
     turngym bench NAME [args ...]        credit-accuracy / study (turngym.bench), or benchmarks/NAME.py
     turngym docs [--check]               regenerate docs/config.md and docs/metrics.md
@@ -127,6 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.replace(env_imports=[*cfg.env_imports, *(m for m in args.imports if m not in cfg.env_imports)])
         notes: list[str] = []
         cfg = prepare_config(cfg, say=notes.append)  # absolute env file paths; no expert: no SFT (noted below)
+        from turngym.trainers.dp import check_launch
+
+        check_launch(cfg)  # under torchrun: what data parallelism cannot run, on every rank before any work
         from turngym.trainers.config import check_run_dir
         from turngym.trainers.runlog import check_run_dir_free
 
@@ -454,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "turngym.evaluate:eval_main", "evaluate a policy on held-out tasks"),
         ("rollout", "turngym.evaluate:rollout_main", "sample trajectories with a policy"),
         ("serve-retriever", "turngym.tools.search.server:main", "serve a BM25 corpus over HTTP (loopback)"),
+        ("serve-policy", "turngym.agents.gateway:main", "serve the policy as an OpenAI-compatible chat endpoint"),
     ):
         d = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         d.add_argument("rest", nargs=argparse.REMAINDER)

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 TINY = [
     "env_id=search/HopQA-v0", "model=tiny", "model_size=1m", "device=cpu", "tasks_per_step=2", "group_size=2",
-    "minibatch_size=4", "ppo_epochs=1", "sft_steps=2", "sft_episodes=4", "sft_batch_size=2", "eval_tasks=1",
-    "max_turns=2", "max_new_tokens=16", "max_traj_tokens=256", "save_trajectories=0", "tensorboard=false",
+    "minibatch_size=4", "ppo_epochs=1", "pretrain_steps=0", "sft_steps=2", "sft_episodes=4", "sft_batch_size=2",
+    "eval_tasks=1", "max_turns=2", "max_new_tokens=16", "max_traj_tokens=256", "save_trajectories=0", "tensorboard=false",
     "progress=false", "report=false", "torch_threads=1", "seed=0", "lr=1e-3",
     # a random-init policy gets all-equal outcomes (zero advantages): the entropy bonus moves the weights anyway
     "entropy_coef=0.05", "kl_coef=0.1", "checkpoint_every=1", "keep_checkpoints=10",

@@ -27,7 +27,7 @@ pytestmark = [
 
 STEPS = 5
 TINY = [
-    f"steps={STEPS}", "group_size=2", "tasks_per_step=2", "minibatch_size=4", "grad_accum=1",
+    f"steps={STEPS}", "pretrain_steps=4", "group_size=2", "tasks_per_step=2", "minibatch_size=4", "grad_accum=1",
     "sft_steps=2", "sft_episodes=8", "sft_batch_size=4", "eval_tasks=4", "eval_every=0",
     "max_new_tokens=32", "max_traj_tokens=384", "checkpoint_every=1", "keep_checkpoints=2",
     "tensorboard=false", "progress=false", "report=false", "torch_threads=1", "save_trajectories=1", "seed=3",

@@ -1,4 +1,5 @@
-"""Trainers: GRPO and PPO share one loop (`loop`), the multi-agent trainer has its own (`multi`).
+"""Trainers: GRPO, PPO and the multi-agent trainer share one loop (`loop`); each plugs in as a `loop.Algorithm`
+(`grpo.GRPO`, `ppo.PPO`, `multi.Multi`).
 
 `TRAINERS` maps ``cfg.algo`` to its trainer's ``"module:function"``, imported only when a run starts (so a bad
 config fails before torch loads); an unknown algo lists the known ones.

@@ -130,7 +130,7 @@ class TrainConfig:
     # --- algorithm
     algo: Algo = "grpo"
     """Trainer: "grpo" (critic-free, group baselines), "ppo" (value head or critic, GAE/BAD credit) or "multi" (multi-agent envs)."""
-    credit: str = "a2tgpo"
+    credit: str = "grpo"
     """Credit-assignment method, a key of `turngym.credit.CREDIT` (e.g. grpo, a2tgpo, matchtir, siop, gigpo)."""
     credit_overrides: dict[str, Any] = field(default_factory=dict)
     """Options of the credit method's own config, checked against its fields; set one with credit.name=value (or credit_overrides.name=value); `turngym train --help-config credit=NAME` lists them."""

@@ -81,7 +81,8 @@ def launch_problem(cfg: TrainConfig, world: int) -> str:
                 "Fix: learner_parallel=auto (or ddp / fsdp2), or run one process.")
     if cfg.algo != "grpo":
         why = {"ppo": "PPO's critic is not synchronised across processes",
-               "multi": "the multi-agent trainer runs its own single-process loop"}[cfg.algo]
+               "multi": "the multi-agent trainer's learners (one per role, or one with its self-play pool) are not "
+                        "synchronised across processes"}[cfg.algo]
         return f"algo={cfg.algo} under {n}: {why}. Fix: algo=grpo, or run one process (`turngym train`)."
     if cfg.minibatch_size % world:
         return (f"minibatch_size={cfg.minibatch_size} is not divisible by the {n}: each rank takes "

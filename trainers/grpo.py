@@ -63,11 +63,9 @@ if TYPE_CHECKING:
     from turngym.trainers.dp import DataParallel
 
 
-class GRPO:
-    """GRPO's part of the shared loop (`turngym.trainers.loop`): the policy alone, one AdamW, `train_step`."""
-
-    def check(self, cfg: TrainConfig) -> None:
-        pass
+class GRPO(loop.Algorithm):
+    """GRPO's part of the shared loop (`turngym.trainers.loop`): the policy alone, one AdamW, `train_step`; every
+    other hook is the loop's default."""
 
     def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         optimizer = torch.optim.AdamW([p for p in s.model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -80,9 +78,6 @@ class GRPO:
         trajs, _, metrics = train_step(cfg, s, optimizer, step, providers, guard, ref_model=ref_model,
                                        producer=producer, dist=dist)
         return trajs, metrics
-
-    def summary(self, cfg: TrainConfig) -> dict[str, Any]:
-        return {}
 
 
 def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:

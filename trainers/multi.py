@@ -1,7 +1,7 @@
 """Multi-agent RL on PettingZoo text envs (turn-based AEC or simultaneous-move Parallel): shared, separate or
 self-play policies, GRPO-style updates.
 
-Algorithm (one step):
+Algorithm (one step; `Multi.step` is steps 1-4, the loop every trainer shares, `turngym.trainers.loop`, step 5):
 
 1. **Rollout**: ``tasks_per_step`` task seeds, ``group_size`` episodes each, every agent acting with its role's
    policy (`turngym.agents.multi_rollout`: one batched generate call per policy per round, token-in/token-out; in
@@ -42,7 +42,8 @@ with the same data and no duplicated or lost metrics lines. The final weights of
 ``save_pretrained`` under ``run_dir/final/<learner>``.
 
 Departures and limits: no KL reference; DAPO dynamic sampling is not applied; with ``lora=true`` only the adapters
-are checkpointed, except in self-play, where the frozen snapshots make the checkpoint hold full weights.
+are checkpointed, except in self-play, where the frozen snapshots make the checkpoint hold full weights. Refused
+before any work (`check_supported`): ``kl_coef > 0``, data parallel, Ray rollouts, OPRL and LaRe.
 """
 
 from __future__ import annotations
@@ -50,21 +51,19 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from turngym.credit import CREDIT, GroupBatch, assign_credit
+from turngym.credit import GroupBatch, assign_credit, credit_needs
 from turngym.credit.signals import run_providers
 from turngym.errors import ConfigError
-from turngym.trainers import batch_signals, policy_setup, sampling
-from turngym.trainers.checkpoint import Checkpoint, capture_rng, resume_checkpoint, save_checkpoint
+from turngym.trainers import batch_signals, loop, policy_setup, sampling
+from turngym.trainers.checkpoint import Checkpoint
 from turngym.trainers.config import TrainConfig
-from turngym.trainers.loop import frozen_copy
-from turngym.trainers.report import write_report
-from turngym.trainers.runlog import RunLog
 from turngym.trainers.update import update
 from turngym.types import Trajectory
 
@@ -84,44 +83,78 @@ class Learner:
     optimizer: Any
     policy: Any
     setup: policy_setup.Setup
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
-    """Run multi-agent RL end to end; returns a summary (team success before/after, run directory)."""
-    CREDIT[cfg.credit]  # unknown method -> RegistryError before any work
-    check_credit_fits_env(cfg)
-    # --resume: every file it reads is verified first; ResumeError (exit 2) before anything is written
-    ckpt = resume_checkpoint(cfg.run_dir) if cfg.resume and cfg.run_dir else None
-    tok, renderer, device, roles, base = build_tokenizer(cfg)
-    learners = build_learners(cfg, tok, renderer, device, roles, base)
-    del base
-    rng = np.random.default_rng([cfg.seed, 5])  # self-play opponent draws
+class Multi(loop.Algorithm):
+    """The multi-agent trainer's part of the shared loop (`turngym.trainers.loop`). It holds the learners, the
+    self-play pool and the opponent-draw generator (built by `setup` and `build`), and replaces the one-policy
+    defaults: the learners' warm start, checkpoints of every learner and the pool, team evaluation, the final
+    weights of each learner. `step` is steps 1-4 of the module docstring."""
 
-    # --- resume (checked above), or warm start and initial evaluation
-    run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
-                 resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console)
-    if ckpt is not None:
-        pool = restore(ckpt, learners, rng)
-        start, before = ckpt.step, ckpt.extra.get("eval_before", {})
-        run.message(f"resumed from {ckpt.path} at step {start}")
-    else:
-        start = 0
-        if cfg.sft_steps > 0 or cfg.pretrain_steps > 0:
-            sft = warm_start(cfg, learners, renderer, roles, tok, lambda m: run.log(0, m, kind="sft"))
-            run.log(0, sft, kind="sft")
-        pool = [frozen_copy(learners[0].model)] if cfg.multi_mode == "self_play" else []
-        before, trajs = evaluate(cfg, learners, renderer, roles, tok)
-        run.log(0, before, kind="eval")
-        run.log_trajectories(0, trajs, kind="eval")
-        checkpoint(cfg, run, learners, pool, rng, 0, before)
+    def __init__(self) -> None:
+        self.tok, self.renderer, self.roles, self.learners = None, None, [], []
+        self.pool = torch.nn.ModuleList()  # self-play: frozen snapshots of the learner, its opponents
+        self.rng: np.random.Generator | None = None  # self-play opponent draws (`setup`)
 
-    for step in range(start, cfg.steps):
+    def check(self, cfg: TrainConfig) -> None:
+        check_supported(cfg)
+        check_credit_fits_env(cfg)
+
+    def setup(self, cfg: TrainConfig, dist: Any) -> policy_setup.Setup:
+        """The shared tokenizer and renderer, the env's agents and the learners; the loop's `Setup` is the first
+        learner's. ``dist`` is always None (refused by `check_supported` and `turngym.trainers.dp`)."""
+        self.tok, self.renderer, device, self.roles, base = build_tokenizer(cfg)
+        self.learners = build_learners(cfg, self.tok, self.renderer, device, self.roles, base)
+        self.rng = np.random.default_rng([cfg.seed, 5])
+        return self.learners[0].setup
+
+    def warm_start(self, cfg: TrainConfig, s: policy_setup.Setup, log) -> dict[str, float]:
+        if cfg.sft_steps <= 0 and cfg.pretrain_steps <= 0:
+            return {}
+        return warm_start(cfg, self.learners, self.renderer, self.roles, self.tok, log)
+
+    def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, Optimizers]:
+        """Every learner and the self-play pool (self-play starts it with a snapshot of the warm-started
+        learner) as one module, their optimizers as one (`bundle`); the pool grows and shrinks inside it."""
+        if cfg.multi_mode == "self_play":
+            self.pool.append(loop.frozen_copy(self.learners[0].model))
+        return bundle(self.learners, self.pool)
+
+    def restore(self, cfg: TrainConfig, ckpt: Checkpoint, modules: torch.nn.Module, optimizer: Any) -> None:
+        """Check the checkpoint's learners are this run's, rebuild the pool's snapshots (``pool_size`` of
+        them), then load every weight, optimizer and RNG state, the opponent-draw generator's included."""
+        saved = ckpt.extra.get("learners", [])
+        if saved != [ln.name for ln in self.learners]:
+            raise ConfigError(f"checkpoint {ckpt.path} holds learners {saved}, but this run builds "
+                              f"{[ln.name for ln in self.learners]}; resume with the run's own config.yaml.")
+        del self.pool[:]
+        self.pool.extend(loop.frozen_copy(self.learners[0].model) for _ in range(ckpt.extra.get("pool_size", 0)))
+        ckpt.restore(modules, optimizer)
+        self.rng.bit_generator.state = ckpt.extra["opponent_rng"]
+
+    def state(self, cfg: TrainConfig, modules: torch.nn.Module, optimizer: Any) -> loop.State:
+        """Every learner (model + optimizer) and the pool; with LoRA the adapters only, unless the pool's frozen
+        snapshots need full weights. ``extra``: the learners' names, the pool's size, the opponent-draw RNG."""
+        return loop.State(modules, optimizer, trainable_only=cfg.lora and len(self.pool) == 0,
+                          extra={"learners": [ln.name for ln in self.learners], "pool_size": len(self.pool),
+                                 "opponent_rng": self.rng.bit_generator.state})
+
+    def providers(self, cfg: TrainConfig, s: policy_setup.Setup, run_dir) -> list:
+        return []  # none for the whole step: each learner's come from its own model (`learner_step`)
+
+    def evaluate(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[dict[str, float], list[Trajectory]]:
+        return evaluate(cfg, self.learners, self.renderer, self.roles, self.tok)
+
+    def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: Any, step: int, providers: list,
+             guard: Any, ref_model: Any, producer: Any, *, dist: Any = None) -> tuple[list, dict[str, float]]:
+        """Steps 1-4 and the self-play pool; each learner steps its own optimizer (``optimizer``, ``providers``,
+        ``guard``, ``ref_model`` and ``producer`` are the one-policy loop's and unused here)."""
         t_step = time.perf_counter()
 
         # --- 1. rollout (who plays which seat)
         t0 = time.perf_counter()
-        actors, trained_roles = seat_actors(cfg, learners, renderer, roles, pool, step, rng)
+        actors, trained_roles = seat_actors(cfg, self.learners, self.renderer, self.roles, self.pool, step,
+                                            self.rng)
         trajs, _ = rollout(cfg, actors, sampling.task_seeds(cfg, step), cfg.group_size,
                            sample_seed=step_seed(cfg, step))
         rollout_s = time.perf_counter() - t0
@@ -140,7 +173,7 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- 3 + 4. signals, credit and update per learner, on its own trajectories only
         t0 = time.perf_counter()
         per: list[dict[str, float]] = []
-        for ln in learners:
+        for ln in self.learners:
             mine = [t for t in trajs if t.agent_id in ln.roles and t.agent_id in trained_roles and t.turns]
             if not mine:
                 continue
@@ -155,49 +188,38 @@ def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
         # --- self-play pool
         if cfg.multi_mode == "self_play":
             if (step + 1) % cfg.selfplay_every == 0:
-                pool.append(frozen_copy(learners[0].model))
-                del pool[: max(0, len(pool) - cfg.selfplay_pool)]
-            metrics["multi/pool_size"] = float(len(pool))
+                self.pool.append(loop.frozen_copy(self.learners[0].model))
+                del self.pool[: max(0, len(self.pool) - cfg.selfplay_pool)]
+            metrics["multi/pool_size"] = float(len(self.pool))
 
-        # --- 5. log, evaluate
         n_sampled = float(sum(len(u.action_ids) for t in trajs for u in t.turns))
         metrics |= {
             "train/lr": cfg.lr, "perf/rollout_s": rollout_s, "perf/update_s": update_s, "perf/sync_s": 0.0,
             "perf/step_s": time.perf_counter() - t_step, "perf/tokens_per_s": n_sampled / max(rollout_s, 1e-9),
             "perf/trajectories_per_s": len(trajs) / max(time.perf_counter() - t_step, 1e-9),
         }
-        run.log(step + 1, metrics)
-        run.log_trajectories(step + 1, trajs)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            run.log(step + 1, evaluate(cfg, learners, renderer, roles, tok)[0], kind="eval")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint(cfg, run, learners, pool, rng, step + 1, before)
+        return trajs, metrics
 
-    # --- final evaluation, checkpoint, weights and report
-    after, trajs = evaluate(cfg, learners, renderer, roles, tok)
-    run.log(cfg.steps, after, kind="eval")
-    run.log_trajectories(cfg.steps, trajs, kind="eval")
-    checkpoint(cfg, run, learners, pool, rng, cfg.steps, before)
-    for ln in learners:
-        out = run.run_dir / "final" / ln.name
-        ln.model.save_pretrained(out)
-        tok.save_pretrained(out)
-    summary = {"run_dir": str(run.run_dir), "success_before": before.get("eval/success"),
-               "success_after": after.get("eval/success"), "reward_before": before.get("eval/reward"),
-               "reward_after": after.get("eval/reward"), "steps": cfg.steps, "credit": cfg.credit,
-               "multi_mode": cfg.multi_mode}
-    if cfg.report:
-        summary["report"] = str(write_report(run.run_dir, cfg, summary))
-    run.message(
-        f"held-out team success: {_fmt(summary['success_before'])} -> {_fmt(summary['success_after'])} "
-        f"({cfg.eval_tasks} tasks, {cfg.multi_mode}); run directory {run.run_dir}"
-    )
-    run.close()
-    return summary
+    def finish(self, cfg: TrainConfig, s: policy_setup.Setup, run_dir, before: dict[str, float],
+               after: dict[str, float]) -> dict[str, Any]:
+        """Each learner's final weights and the tokenizer (``save_pretrained``) in ``run_dir/final/<learner>``;
+        the summary's held-out reward before / after and the mode."""
+        for ln in self.learners:
+            out = Path(run_dir) / "final" / ln.name
+            ln.model.save_pretrained(out)
+            self.tok.save_pretrained(out)
+        return {"reward_before": before.get("eval/reward"), "reward_after": after.get("eval/reward"),
+                "multi_mode": cfg.multi_mode}
+
+    def headline(self, cfg: TrainConfig, summary: dict[str, Any]) -> str:
+        before, after = ("n/a" if summary[k] is None else f"{summary[k]:.3f}"
+                         for k in ("success_before", "success_after"))
+        return f"held-out team success: {before} -> {after} ({cfg.eval_tasks} tasks, {cfg.multi_mode})"
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def train(cfg: TrainConfig, *, console: Any = None) -> dict[str, Any]:
+    """Run multi-agent RL end to end; returns a summary (team success before/after, run directory)."""
+    return loop.train(cfg, Multi(), console=console)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -222,40 +244,35 @@ class Optimizers:
             opt.load_state_dict(state[k])
 
 
-def bundle(learners: list[Learner], pool: list[Any]) -> tuple[torch.nn.Module, Optimizers]:
-    """Every learner's model and the self-play pool as one module (``learners.<i>``, ``pool.<j>``), and their
-    optimizers as one."""
-    models = torch.nn.ModuleDict({"learners": torch.nn.ModuleList([ln.model for ln in learners]),
-                                  "pool": torch.nn.ModuleList(pool)})
+def bundle(learners: list[Learner], pool: torch.nn.ModuleList) -> tuple[torch.nn.Module, Optimizers]:
+    """Every learner's model and the self-play pool as one module (``learners.<i>``, ``pool.<j>``; ``pool``
+    itself, so its later snapshots are in it), and their optimizers as one."""
+    models = torch.nn.ModuleDict({"learners": torch.nn.ModuleList([ln.model for ln in learners]), "pool": pool})
     return models, Optimizers({ln.name: ln.optimizer for ln in learners})
 
 
-def checkpoint(cfg: TrainConfig, run: RunLog, learners: list[Learner], pool: list[Any], rng: np.random.Generator,
-               step: int, before: dict) -> None:
-    """Atomic checkpoint of every learner (model + optimizer), the self-play pool, the RNGs and the run log."""
-    run.sync()
-    models, opts = bundle(learners, pool)
-    save_checkpoint(
-        run.run_dir, step, model=models, optimizer=opts, data_state={"next_step": step}, config=cfg,
-        keep=cfg.keep_checkpoints, trainable_only=cfg.lora and not pool, rng=capture_rng(),
-        extra={"eval_before": before, "runlog": run.state_dict(), "learners": [ln.name for ln in learners],
-               "pool_size": len(pool), "opponent_rng": rng.bit_generator.state},
-    )
-
-
-def restore(ckpt: Checkpoint, learners: list[Learner], rng: np.random.Generator) -> list[Any]:
-    """Load a `checkpoint` into ``learners`` and ``rng``; returns the self-play pool it held."""
-    saved = ckpt.extra.get("learners", [])
-    if saved != [ln.name for ln in learners]:
-        raise ConfigError(f"checkpoint {ckpt.path} holds learners {saved}, but this run builds "
-                          f"{[ln.name for ln in learners]}; resume with the run's own config.yaml.")
-    pool = [frozen_copy(learners[0].model) for _ in range(int(ckpt.extra.get("pool_size", 0)))]
-    ckpt.restore(*bundle(learners, pool))
-    rng.bit_generator.state = ckpt.extra["opponent_rng"]
-    return pool
-
-
 # ----------------------------------------------------------------------------------------------- building
+
+
+def check_supported(cfg: TrainConfig) -> None:
+    """Raise `ConfigError` before any work for what the shared loop runs for one policy and this trainer has
+    no use for: a KL reference, a data-parallel learner, Ray rollout workers, learned signal components (OPRL's
+    PRM, LaRe's decoder). `TrainConfig` itself refuses vLLM sampling and async rollouts with algo=multi."""
+    clashes = {  # name: (is set, why, fix)
+        "kl_coef": (cfg.kl_coef > 0, "its learners keep no KL reference", "kl_coef=0"),
+        "learner_parallel": (cfg.learner_parallel in ("ddp", "fsdp2"), "its learners train in one process",
+                             "learner_parallel=auto"),
+        "rollout_backend": (cfg.rollout_backend != "local", "its policies sample in this process",
+                            "rollout_backend=local"),
+    }
+    for name, (is_set, why, fix) in clashes.items():
+        if is_set:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} with algo=multi: {why}. Fix: {fix}, or algo=grpo.")
+    learned = credit_needs(cfg.credit).learned
+    if learned:
+        raise ConfigError(f"credit={cfg.credit} trains learned components ({', '.join(learned)}) beside one "
+                          "policy, but algo=multi has a learner per role. Fix: credit=grpo or "
+                          "credit=team-difference, or algo=grpo.")
 
 
 def check_credit_fits_env(cfg: TrainConfig) -> None:
@@ -323,9 +340,7 @@ def build_learners(cfg: TrainConfig, tok, renderer, device, roles: list[str], ba
     return out
 
 
-
-
-def seat_actors(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], pool: list[Any], step: int,
+def seat_actors(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], pool, step: int,
                 rng: np.random.Generator) -> tuple[dict[str, Any], set[str]]:
     """``{agent: Actor}`` for this step and the roles whose trajectories are trained."""
     from turngym.agents.multi_rollout import Actor

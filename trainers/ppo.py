@@ -63,7 +63,7 @@ from turngym.trainers.grpo import rollout_batch, step_perf, update_and_sync, zer
 from turngym.trainers.nanguard import NanGuard
 
 
-class PPO:
+class PPO(loop.Algorithm):
     """PPO's part of the shared loop (`turngym.trainers.loop`): a critic built after the warm start, saved and
     restored with the policy, one AdamW over both, and a step that scores ``V_old`` before the credit."""
 
@@ -110,7 +110,8 @@ class PPO:
         metrics |= step_perf(trajs, batch, metrics, optimizer, t_step, guard, step)
         return trajs, metrics
 
-    def summary(self, cfg: TrainConfig) -> dict[str, Any]:
+    def finish(self, cfg: TrainConfig, s: policy_setup.Setup, run_dir, before: dict[str, float],
+               after: dict[str, float]) -> dict[str, Any]:
         return {"algo": "ppo", "critic": cfg.critic}
 
 

@@ -152,7 +152,7 @@ def test_progress_text_and_plain_lines_when_not_a_terminal(tmp_path):
 def test_live_progress_bar_on_a_terminal(tmp_path):
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=160)
-    with RunLog(None, _cfg(tmp_path), progress=True, console=console) as log:
+    with RunLog(None, _cfg(tmp_path, credit="a2tgpo"), progress=True, console=console) as log:
         log.log(0, {"sft/step": 5, "sft/loss": 1.5}, kind="sft")
         log.log(2, _train_line(2))
     out = buf.getvalue()

@@ -28,7 +28,10 @@ Modes (``multi_mode``):
 * ``self_play``: one learner plays one seat (alternating seats step by step) against an opponent drawn from a pool
   of frozen past snapshots of itself (a snapshot is added every ``selfplay_every`` steps, at most
   ``selfplay_pool`` kept); only the learner's seat is trained. Evaluation plays the learner in each seat against
-  the scripted policy of the other seat.
+  the scripted policy of the other seat (``eval/success``: the learner's win rate) and against a frozen copy of
+  the warm-started learner, the run's start (``multi/eval/vs_start/*``: 0.5 at step 0 in a symmetric game; above
+  0.5 later, self-play has learned something against its own past). Each win rate comes with a 95% Wilson
+  interval over the games (``..._lo95``, ``..._hi95``).
 
 Before RL the learners are warm-started from episodes of the scripted role policies
 (``env.expert_action(agent, rng, expert_noise)``), played through the same engine and renderer as RL (`warm_start`):
@@ -94,6 +97,7 @@ class Multi(loop.Algorithm):
     def __init__(self) -> None:
         self.tok, self.renderer, self.roles, self.learners = None, None, [], []
         self.pool = torch.nn.ModuleList()  # self-play: frozen snapshots of the learner, its opponents
+        self.start = torch.nn.ModuleList()  # self-play: the warm-started learner, frozen (evaluation's opponent)
         self.rng: np.random.Generator | None = None  # self-play opponent draws (`setup`)
 
     def check(self, cfg: TrainConfig) -> None:
@@ -114,11 +118,13 @@ class Multi(loop.Algorithm):
         return warm_start(cfg, self.learners, self.renderer, self.roles, self.tok, log)
 
     def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, Optimizers]:
-        """Every learner and the self-play pool (self-play starts it with a snapshot of the warm-started
-        learner) as one module, their optimizers as one (`bundle`); the pool grows and shrinks inside it."""
+        """Every learner, the self-play pool (self-play starts it with a snapshot of the warm-started learner)
+        and the start snapshot as one module, their optimizers as one (`bundle`); the pool grows and shrinks
+        inside it."""
         if cfg.multi_mode == "self_play":
             self.pool.append(loop.frozen_copy(self.learners[0].model))
-        return bundle(self.learners, self.pool)
+            self.start.append(loop.frozen_copy(self.learners[0].model))
+        return bundle(self.learners, self.pool, self.start)
 
     def restore(self, cfg: TrainConfig, ckpt: Checkpoint, modules: torch.nn.Module, optimizer: Any) -> None:
         """Check the checkpoint's learners are this run's, rebuild the pool's snapshots (``pool_size`` of
@@ -129,13 +135,15 @@ class Multi(loop.Algorithm):
                               f"{[ln.name for ln in self.learners]}; resume with the run's own config.yaml.")
         del self.pool[:]
         self.pool.extend(loop.frozen_copy(self.learners[0].model) for _ in range(ckpt.extra.get("pool_size", 0)))
+        if not any(k.startswith("start.") for k in ckpt.model_state or {}):
+            del self.start[:]  # a checkpoint saved before the start snapshot existed: no vs-start evaluation
         ckpt.restore(modules, optimizer)
         self.rng.bit_generator.state = ckpt.extra["opponent_rng"]
 
     def state(self, cfg: TrainConfig, modules: torch.nn.Module, optimizer: Any) -> loop.State:
         """Every learner (model + optimizer) and the pool; with LoRA the adapters only, unless the pool's frozen
         snapshots need full weights. ``extra``: the learners' names, the pool's size, the opponent-draw RNG."""
-        return loop.State(modules, optimizer, trainable_only=cfg.lora and len(self.pool) == 0,
+        return loop.State(modules, optimizer, trainable_only=cfg.lora and len(self.pool) + len(self.start) == 0,
                           extra={"learners": [ln.name for ln in self.learners], "pool_size": len(self.pool),
                                  "opponent_rng": self.rng.bit_generator.state})
 
@@ -143,7 +151,8 @@ class Multi(loop.Algorithm):
         return []  # none for the whole step: each learner's come from its own model (`learner_step`)
 
     def evaluate(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[dict[str, float], list[Trajectory]]:
-        return evaluate(cfg, self.learners, self.renderer, self.roles, self.tok)
+        return evaluate(cfg, self.learners, self.renderer, self.roles, self.tok,
+                        start=self.start[0] if len(self.start) else None)
 
     def step(self, cfg: TrainConfig, s: policy_setup.Setup, optimizer: Any, step: int, providers: list,
              guard: Any, ref_model: Any, producer: Any, *, dist: Any = None) -> tuple[list, dict[str, float]]:
@@ -244,10 +253,12 @@ class Optimizers:
             opt.load_state_dict(state[k])
 
 
-def bundle(learners: list[Learner], pool: torch.nn.ModuleList) -> tuple[torch.nn.Module, Optimizers]:
-    """Every learner's model and the self-play pool as one module (``learners.<i>``, ``pool.<j>``; ``pool``
-    itself, so its later snapshots are in it), and their optimizers as one."""
-    models = torch.nn.ModuleDict({"learners": torch.nn.ModuleList([ln.model for ln in learners]), "pool": pool})
+def bundle(learners: list[Learner], pool: torch.nn.ModuleList, start: torch.nn.ModuleList | None = None
+           ) -> tuple[torch.nn.Module, Optimizers]:
+    """Every learner's model, the self-play pool and the start snapshot as one module (``learners.<i>``,
+    ``pool.<j>``, ``start.0``; ``pool`` itself, so its later snapshots are in it), and their optimizers as one."""
+    models = torch.nn.ModuleDict({"learners": torch.nn.ModuleList([ln.model for ln in learners]), "pool": pool,
+                                  "start": start if start is not None else torch.nn.ModuleList()})
     return models, Optimizers({ln.name: ln.optimizer for ln in learners})
 
 
@@ -411,16 +422,19 @@ def rollout_metrics(trajs: list[Trajectory], prefix: str = "rollout") -> dict[st
     return m | team | {key: m[f"{prefix}/success"]}
 
 
-def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], tok
+def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], tok, *, start: Any = None
              ) -> tuple[dict[str, float], list[Trajectory]]:
     """Held-out evaluation on ``eval_tasks`` fixed seeds, one episode each (``eval_temperature``).
 
     Cooperative modes: the learners play every role; ``eval/success`` is team success. ``self_play``: the learner
     plays each seat in turn against the other seat's scripted policy (``expert_noise``); ``eval/success`` and
-    ``eval/reward`` are the learner's own success and outcome.
+    ``eval/reward`` are the learner's own success and outcome. With ``start`` (the frozen warm-started learner)
+    it also plays each seat against ``start``: ``multi/eval/vs_start/success`` and ``.../reward``. Self-play win
+    rates come with a 95% Wilson interval over the games (``eval/success_lo95``, ``eval/success_hi95``, and the
+    same under ``multi/eval/vs_start/``). Trajectories carry ``meta["opponent"]`` (``"scripted"`` or ``"start"``).
     """
-    from turngym.agents.multi_rollout import Actor
-    from turngym.agents.policy import ScriptedPolicy
+    from turngym.agents.multi_rollout import Actor, team_metrics
+    from turngym.agents.policy import HFPolicy, ScriptedPolicy
 
     t0 = time.perf_counter()
     seeds = [cfg.eval_seed + i for i in range(cfg.eval_tasks)]
@@ -433,21 +447,44 @@ def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[st
         trajs, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
         m = rollout_metrics(trajs, prefix="eval")
     else:
-        trajs, mine = [], []
-        for seat in roles:
-            expert = ScriptedPolicy(tok, noise=cfg.expert_noise, seed=cfg.seed)
-            actors = {r: Actor(learners[0].policy if r == seat else expert, renderer) for r in roles}
-            got, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
-            trajs += got
-            mine += [t for t in got if t.agent_id == seat]
-        m = sampling.rollout_metrics(mine, prefix="eval")
-        m["eval/success"] = sum(bool(t.meta.get("success")) for t in mine) / max(len(mine), 1)
-        from turngym.agents.multi_rollout import team_metrics
-
-        m |= {k: v for k, v in team_metrics(mine, prefix="multi/eval").items() if k != "multi/eval/success"}
+        opponents = {"scripted": lambda: ScriptedPolicy(tok, noise=cfg.expert_noise, seed=cfg.seed)}
+        if start is not None:
+            opponents["start"] = lambda: HFPolicy(start, learners[0].setup.tokenizer, seed=cfg.seed,
+                                                  prefix_cache=False)
+        trajs, m = [], {}
+        for name, make in opponents.items():
+            mine = []
+            for seat in roles:
+                actors = {r: Actor(learners[0].policy if r == seat else make(), renderer) for r in roles}
+                got, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
+                for t in got:
+                    t.meta["opponent"] = name
+                trajs += got
+                mine += [t for t in got if t.agent_id == seat]
+            wins = sum(bool(t.meta.get("success")) for t in mine)
+            lo, hi = wilson_interval(wins, len(mine))
+            if name == "scripted":
+                m |= sampling.rollout_metrics(mine, prefix="eval")
+                m |= {"eval/success": wins / max(len(mine), 1), "eval/success_lo95": lo, "eval/success_hi95": hi}
+                m |= {k: v for k, v in team_metrics(mine, prefix="multi/eval").items() if k != "multi/eval/success"}
+            else:
+                key = f"multi/eval/vs_{name}"
+                m |= {f"{key}/success": wins / max(len(mine), 1), f"{key}/success_lo95": lo,
+                      f"{key}/success_hi95": hi, f"{key}/games": float(len(mine)),
+                      f"{key}/reward": float(np.mean([t.outcome for t in mine])) if mine else math.nan}
     m["eval/tasks"] = float(len(seeds))
     m["eval/s"] = time.perf_counter() - t0
     return m, trajs
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate (scipy's); ``(nan, nan)`` when ``n == 0``."""
+    if n <= 0:
+        return math.nan, math.nan
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def warm_start(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[str], tok, log) -> dict[str, float]:

@@ -149,6 +149,9 @@ METRICS: dict[str, str] = {
     # --- evaluation
     "eval/success": "Success rate on the held-out evaluation tasks.",
     "eval/reward": "Mean outcome on the held-out evaluation tasks.",
+    "eval/success_lo95": "Self-play (algo=multi): lower end of the 95% Wilson interval of `eval/success` over the "
+    "games (the learner's win rate against the scripted opponent).",
+    "eval/success_hi95": "Self-play (algo=multi): upper end of the 95% Wilson interval of `eval/success`.",
     "eval/turns": "Mean turns per held-out episode.",
     "eval/tool_calls": "Mean tool calls per held-out episode.",
     "eval/tool_errors": "Mean failed tool calls per held-out episode.",
@@ -168,7 +171,8 @@ METRICS: dict[str, str] = {
     "multi/*": "Multi-agent trainer: per-role rollout and evaluation metrics (`multi/<role>/reward`, "
     "`multi/eval/<role>/success`, ...), per-learner update and credit metrics (`multi/<learner>/train/loss`, "
     "`multi/<learner>/credit/adv_std`), team success per episode (`multi/team_success`) and self-play pool size "
-    "(`multi/pool_size`); see `turngym.trainers.multi`.",
+    "(`multi/pool_size`); self-play evaluation against the frozen warm-started learner (`multi/eval/vs_start/success`, "
+    "`.../reward`, `.../games`, Wilson interval `.../success_lo95`, `.../success_hi95`); see `turngym.trainers.multi`.",
     # --- agent rollouts through the gateway (rollout=agent:..., turngym.trainers.agent_rollout)
     "agent/*": "Agent rollouts (`rollout=agent:...`, turngym.trainers.agent_rollout): `agent/episodes` run this step, "
     "`agent/failures` (the agent raised, timed out or returned no reward: episode dropped, traceback logged), "

@@ -175,6 +175,36 @@ def test_tiny_self_play_training_on_sealedbid_changes_the_policy(tmp_path, tiny_
     learner = [k for k in w0 if k.startswith("learners.0.")]
     assert learner and any(not torch.equal(w0[k], w2[k]) for k in learner)
     assert (run / "final" / "learner").is_dir()
+    # the start snapshot: the warm-started learner, frozen, kept in every checkpoint
+    start = {k.removeprefix("start.0."): v for k, v in w2.items() if k.startswith("start.0.")}
+    assert start and all(torch.equal(v, w0[f"learners.0.{k}"]) for k, v in start.items())
+    # evaluation against the scripted bidder and against the start, each win rate inside its 95% interval
+    evals = [d for d in read_lines(run) if d["kind"] == "eval"]
+    assert [d["step"] for d in evals] == [0, 2]
+    for d in evals:
+        for key in ("eval/success", "multi/eval/vs_start/success"):
+            assert 0 <= d[f"{key.removesuffix('success')}success_lo95"] <= d[key] <= d[f"{key}_hi95"] <= 1, d
+        assert d["multi/eval/vs_start/games"] == 2 * cfg.eval_tasks  # each seat against the start
+
+
+def read_lines(run) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize(("wins", "n", "want"), [(0, 10, (0.0, 0.2775)), (5, 10, (0.2366, 0.7634)),
+                                                 (10, 10, (0.7225, 1.0)), (30, 128, (0.1694, 0.3148))])
+def test_wilson_interval_matches_the_tables(wins, n, want):
+    from turngym.trainers.multi import wilson_interval
+
+    assert wilson_interval(wins, n) == pytest.approx(want, abs=1e-4)
+
+
+def test_wilson_interval_of_no_games_is_nan():
+    from turngym.trainers.multi import wilson_interval
+
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
 
 @pytest.mark.parametrize("preset", ["multi-sealedbid", "multi-negotiate"])

@@ -393,14 +393,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict[str, Any]:
-    args = parse_args(argv)
-    res = run(args)
+def emit(res: dict[str, Any], markdown, json_path: str | None) -> dict[str, Any]:
+    """Print ``markdown(res)``; write the raw numbers to ``json_path`` when given. Returns ``res``."""
     print(markdown(res))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=1, default=float)
     return res
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    return emit(run(args), markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Prints a markdown table with the machine, date and load average; ``--json`` writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 for _k, _v in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_k, _v)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import GRPOStepper, machine_info, median
+from overhead import GRPOStepper, emit, machine_info, median
 
 from turngym.envs.core import Env, Task
 
@@ -318,12 +317,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
-    res = run(args)
-    print(markdown(res))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1, default=float)
-    return res
+    return emit(run(args), markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_script(name: str):
-    """Import ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    if name in sys.modules and Path(sys.modules[name].__file__ or "").parent == BENCH:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_rounds_of_rebuilds_the_sampler_contexts():
@@ -133,3 +117,29 @@ def test_parsers_script_tiny(capsys):
     rows = [line for line in text.splitlines() if line.startswith(("| hermes |", "| tags |"))]
     assert len(rows) == len(parsers.FAMILIES)
     assert all(len(build(4096)) == 4096 for build in parsers.FAMILIES.values())
+
+
+def test_selfplay_interval_widens_with_the_seed_spread():
+    selfplay = load_script("selfplay")
+    lo, hi = selfplay.seed_game_bootstrap([0.5, 0.5, 0.5], games=2000)
+    assert lo < 0.5 < hi and hi - lo < 0.04  # games only: about 2 x 1.96 x sqrt(0.25 / 6000)
+    lo2, hi2 = selfplay.seed_game_bootstrap([0.3, 0.5, 0.7], games=2000)
+    assert lo2 < 0.4 and hi2 > 0.6  # the seeds disagree: the interval covers them
+
+
+@pytest.mark.slow
+def test_selfplay_quick_grid_tables_both_opponents_and_reuses_finished_runs(tmp_path, capsys):
+    selfplay = load_script("selfplay")
+    args = ["--quick", "--presets", "multi-sealedbid", "--seeds", "2", "--set", "env_kwargs.rounds=2", "--set", "sft_steps=4",
+            "--out", str(tmp_path / "out"), "--json", str(tmp_path / "t.json")]
+    assert selfplay.main(args) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["multi-sealedbid"]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        for col in ("vs scripted", "vs start"):
+            v = r[col]
+            assert len(v["per_seed"]) == 2 and v["games"] == 2 * selfplay.QUICK["eval_tasks"]
+            assert 0 <= v["lo"] <= v["mean"] <= v["hi"] <= 1
+    assert "| 2 |" in capsys.readouterr().out
+    assert selfplay.main(args) == 0  # every run finished: reused, nothing trained
+    assert "0 run(s) to train, 2 reused" in capsys.readouterr().err

@@ -1,5 +1,7 @@
-"""Bounded-staleness async rollouts: the scheduling contract, the trainers' ``max_staleness`` switch (fast) and
-sync vs async training through `turngym.trainers.grpo.train` (slow)."""
+"""Bounded-staleness async rollouts: the scheduling contract and the trainers' ``max_staleness`` switch.
+
+Whether async training learns as well as sync is a study, not a unit test: benchmarks/README.md ("Async rollouts vs
+sync") compares held-out success from one warm start over 20 steps, with its command."""
 
 from __future__ import annotations
 
@@ -216,51 +218,3 @@ def test_sync_run_logs_no_async_metrics(tmp_path, cache_dir):
     (d,) = read_metrics(tmp_path / "run", kind="train")
     assert not any(k.startswith("async/") for k in d) and d["perf/sync_s"] < 0.01
     assert d["train/approx_kl"] < 1e-6  # on-policy: behaviour = current weights
-
-
-@pytest.mark.slow
-def test_async_training_matches_sync_within_noise(tmp_path):
-    """Same config and warm start, 6 GRPO steps through `grpo.train`: sync (max_staleness=0) vs one-step-off-policy
-    (max_staleness=1); staleness as configured, weights move, held-out success equal within noise.
-
-    The warm start (LM pretraining + SFT on one-hop HopQA with one document per search, the main job's recipe at a
-    smaller size) is built once and saved; both runs load it, so they start from the same policy, one that already
-    succeeds on some held-out tasks when sampling (checked), and the comparison is between real success rates."""
-    from turngym.trainers import policy_setup
-    from turngym.trainers.grpo import train
-
-    cfg = TrainConfig(env_id="search/HopQA-v0", env_kwargs={"hops": 1, "topk": 1}, model="tiny", model_size="1m",
-                      credit="grpo", tasks_per_step=4, group_size=4, minibatch_size=16, steps=6, lr=2e-4,
-                      pretrain_steps=400, sft_steps=80, sft_episodes=256, sft_batch_size=16, eval_tasks=48,
-                      eval_temperature=1.0, max_new_tokens=40, max_traj_tokens=200, torch_threads=1,
-                      cache_dir=str(tmp_path / "models"), device="cpu", checkpoint_every=0, save_trajectories=0,
-                      report=False, tensorboard=False, progress=False)
-    s = policy_setup.setup(cfg)
-    policy_setup.warm_start(cfg, s, lambda _m: None)
-    warm = tmp_path / "warm"
-    s.model.save_pretrained(warm)
-    s.tokenizer.save_pretrained(warm)
-    cfg = cfg.replace(model=str(warm), pretrain_steps=0, sft_steps=0)
-    results = {}
-    for k in (0, 1):
-        run = tmp_path / f"run{k}"
-        summary = train(cfg.replace(max_staleness=k, run_dir=str(run)))
-        lines = read_metrics(run, kind="train")
-        assert len(lines) == cfg.steps and all(math.isfinite(d["train/loss"]) for d in lines)
-        assert max(d["credit/adv_absmax"] for d in lines) > 0
-        for d in lines:  # a stale batch's ratio is against its behaviour log-probs, not recomputed ones
-            assert (d["train/approx_kl"] > 1e-7) == (d.get("async/staleness_max", 0) > 0), d
-        stale = [d.get("async/staleness_max") for d in lines]  # None: no async/* keys (synchronous)
-        first, last = (load_checkpoint(d) for d in checkpoint_dirs(run))
-        moved = max(float((v - first.model_state[n]).abs().max()) for n, v in last.model_state.items())
-        results[k] = (summary["success_before"], summary["success_after"], stale, moved)
-    (before0, sync_s, sync_st, sync_moved), (before1, async_s, async_st, async_moved) = results[0], results[1]
-    assert before0 == before1 >= 0.05  # the same warm start, one that succeeds on some held-out tasks
-    assert set(sync_st) == {None}
-    assert set(async_st) <= {0, 1} and 1 in async_st
-    assert sync_moved > 1e-4 and async_moved > 1e-4
-    n = cfg.eval_tasks
-    p = max(min((sync_s + async_s) / 2, 0.9), 0.1)
-    noise = 3 * math.sqrt(2 * p * (1 - p) / n)  # 3 sigma of a difference of two binomial rates
-    print(f"held-out success: before {before0:.3f}, sync {sync_s:.3f}, async {async_s:.3f} (3 sigma {noise:.3f})")
-    assert abs(sync_s - async_s) <= noise, (before0, sync_s, async_s, noise)

@@ -10,9 +10,11 @@ grid can be run in parts. Every self-play evaluation (`turngym.trainers.multi.ev
 seat against the scripted policy (``eval/success``) and against the start (``multi/eval/vs_start/success``;
 at step 0 the learner *is* the start, so that column's step-0 value is the game's self-play baseline).
 
-The table gives, per evaluated step, the mean over seeds with a 95% hierarchical-bootstrap interval: each
-replicate resamples the seeds, then each drawn seed's games (a win rate over n games is resampled as
-Binomial(n, rate) / n, the same as resampling its 0/1 outcomes), and the per-seed values. Prints a markdown table
+The table gives, per evaluated step and opponent, the win rate's mean over seeds with a 95% hierarchical-bootstrap
+interval (each replicate resamples the seeds, then each drawn seed's games: a win rate over n games is resampled
+as Binomial(n, rate) / n, the same as resampling its 0/1 outcomes), the gain over step 0 (the mean of the per-seed
+differences, with the same resampling of seeds and of both evaluations' games), the per-seed values and the mean
+payoff (the learner's outcome). Prints a markdown table
 with the machine, date and load; ``--json`` writes the raw numbers.
 """
 
@@ -51,8 +53,13 @@ def eval_lines(run: Path) -> list[dict[str, Any]]:
     return [d for d in lines if d.get("kind") == "eval"]
 
 
-def finished(run: Path, steps: int) -> bool:
-    return any(d["step"] == steps for d in eval_lines(run))
+def finished(run: Path, steps: int, overrides: list[str]) -> bool:
+    """The run holds its final evaluation and was trained with these overrides (``bench_args.json``)."""
+    try:
+        same = json.loads((run / "bench_args.json").read_text(encoding="utf-8")) == overrides
+    except (OSError, ValueError):
+        return False
+    return same and any(d["step"] == steps for d in eval_lines(run))
 
 
 def train_one(preset: str, seed: int, out: str, overrides: list[str]) -> str:
@@ -74,6 +81,7 @@ def train_one(preset: str, seed: int, out: str, overrides: list[str]) -> str:
     t0 = time.perf_counter()
     train(cfg)
     (run / "bench_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    (run / "bench_args.json").write_text(json.dumps(overrides), encoding="utf-8")
     return str(run)
 
 
@@ -89,10 +97,24 @@ def seed_game_bootstrap(rates: list[float], games: int, *, n_boot: int = 4000, s
     return float(lo), float(hi)
 
 
+def paired_gain(rates: list[float], first: list[float], games: int, *, n_boot: int = 4000, seed: int = 0,
+                level: float = 0.95) -> tuple[float, float]:
+    """Interval of the mean per-seed gain ``rates - first`` (the same seeds): resample the seeds, then each
+    endpoint's games independently (the two evaluations play the same deals, so this is conservative)."""
+    r, f = np.asarray(rates, dtype=np.float64), np.asarray(first, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(r), size=(n_boot, len(r)))
+    reps = (rng.binomial(games, r[rows]) - rng.binomial(games, f[rows])).mean(axis=1) / games
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
 def summarise(runs: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per evaluated step (those every seed has): for each column, the mean, its interval and per-seed values."""
     steps = sorted(set.intersection(*({d["step"] for d in lines} for lines in runs.values())))
     rows = []
+    first: dict[str, list[float]] = {}
     for step in steps:
         at = {s: next(d for d in lines if d["step"] == step) for s, lines in runs.items()}
         row: dict[str, Any] = {"step": step}
@@ -103,20 +125,29 @@ def summarise(runs: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             games = int(at[min(at)].get("multi/eval/vs_start/games") or 2 * at[min(at)]["eval/tasks"])
             lo, hi = seed_game_bootstrap(vals, games)
             row[name] = {"mean": float(np.mean(vals)), "lo": lo, "hi": hi, "per_seed": vals, "games": games}
+            first.setdefault(name, vals)
+            glo, ghi = paired_gain(vals, first[name], games)
+            row[name] |= {"gain": float(np.mean(vals) - np.mean(first[name])), "gain_lo": glo, "gain_hi": ghi}
+            payoff = [at[s].get(key.replace("success", "reward")) for s in sorted(at)]
+            if all(isinstance(v, (int, float)) for v in payoff):
+                row[name] |= {"payoff": float(np.mean(payoff)), "payoff_per_seed": payoff}
         rows.append(row)
     return rows
 
 
 def markdown(preset: str, rows: list[dict[str, Any]], seeds: int) -> str:
-    out = [f"#### {preset} ({seeds} seeds)", "",
-           "| step | " + " | ".join(f"{c} (mean [95% CI]) | {c} per seed" for c in COLUMNS) + " |",
-           "| ---: |" + " ---: | --- |" * len(COLUMNS)]
+    head = " | ".join(f"{c}: win rate [95% CI] | {c}: gain over step 0 [95% CI] | {c}: per seed | {c}: payoff"
+                      for c in COLUMNS)
+    out = [f"#### {preset} ({seeds} seeds)", "", f"| step | {head} |", "| ---: |" + " ---: | ---: | --- | ---: |" * len(COLUMNS)]
     for row in rows:
         cells = []
         for c in COLUMNS:
             v = row.get(c)
-            cells += (["", ""] if v is None else
-                      [f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]", ", ".join(f"{x:.3f}" for x in v["per_seed"])])
+            cells += (["", "", "", ""] if v is None else
+                      [f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]",
+                       f"{v['gain']:+.3f} [{v['gain_lo']:+.3f}, {v['gain_hi']:+.3f}]",
+                       ", ".join(f"{x:.3f}" for x in v["per_seed"]),
+                       f"{v['payoff']:.3f}" if "payoff" in v else ""])
         out.append(f"| {row['step']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -141,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     todo, steps = [], {}
     for preset in presets:
         steps[preset] = resolve_train_config(preset, overrides).steps
-        todo += [(preset, s) for s in range(args.seeds) if not finished(run_dir(out, preset, s), steps[preset])]
+        todo += [(preset, s) for s in range(args.seeds) if not finished(run_dir(out, preset, s), steps[preset], overrides)]
     print(f"{len(todo)} run(s) to train, {len(presets) * args.seeds - len(todo)} reused", file=sys.stderr)
     if args.jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

@@ -127,6 +127,14 @@ def test_selfplay_interval_widens_with_the_seed_spread():
     assert lo2 < 0.4 and hi2 > 0.6  # the seeds disagree: the interval covers them
 
 
+def test_selfplay_paired_gain_is_zero_for_no_change_and_positive_for_a_real_one():
+    selfplay = load_script("selfplay")
+    lo, hi = selfplay.paired_gain([0.5, 0.6, 0.4], [0.5, 0.6, 0.4], games=128)
+    assert lo < 0 < hi
+    lo, hi = selfplay.paired_gain([0.8, 0.7, 0.9], [0.5, 0.4, 0.6], games=128)
+    assert 0.15 < lo < 0.3 < hi < 0.45
+
+
 @pytest.mark.slow
 def test_selfplay_quick_grid_tables_both_opponents_and_reuses_finished_runs(tmp_path, capsys):
     selfplay = load_script("selfplay")
@@ -140,6 +148,8 @@ def test_selfplay_quick_grid_tables_both_opponents_and_reuses_finished_runs(tmp_
             v = r[col]
             assert len(v["per_seed"]) == 2 and v["games"] == 2 * selfplay.QUICK["eval_tasks"]
             assert 0 <= v["lo"] <= v["mean"] <= v["hi"] <= 1
+            assert v["gain_lo"] <= v["gain"] <= v["gain_hi"] and len(v["payoff_per_seed"]) == 2
+    assert rows[0]["vs start"]["gain"] == 0.0
     assert "| 2 |" in capsys.readouterr().out
     assert selfplay.main(args) == 0  # every run finished: reused, nothing trained
     assert "0 run(s) to train, 2 reused" in capsys.readouterr().err

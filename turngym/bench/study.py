@@ -73,8 +73,23 @@ MAIN_RECIPE_KEYS = ("algo", "credit", "sampler", "sampler_options", "signal_over
 #: Extra per-method overrides of the study (see the module docstring).
 STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}
 
-#: Env keyword arguments of the study's runs (the main job's HopQA setting: one document per search).
-ENV_KWARGS: dict[str, dict[str, Any]] = {"search/HopQA-v0": {"topk": 1}}
+#: Env keyword arguments of the study's runs (the main job's HopQA setting: one document per search; TextWorld:
+#: the valid commands listed after every reply, which the tiny policy copies its command from).
+ENV_KWARGS: dict[str, dict[str, Any]] = {"search/HopQA-v0": {"topk": 1},
+                                         "text/TextWorld-v0": {"list_commands": True},
+                                         "text/TextWorld-Long-v0": {"list_commands": True}}
+
+#: Per-env TrainConfig overrides of the study's runs and warm start (none for HopQA). A TextWorld episode is
+#: ~60 tokens a turn after a ~200-token prompt, so the default trajectory budget (768) would cut 12- and
+#: 36-turn episodes short.
+ENV_TRAIN: dict[str, dict[str, Any]] = {"text/TextWorld-v0": {"max_traj_tokens": 1280},
+                                        "text/TextWorld-Long-v0": {"max_traj_tokens": 3072}}
+
+#: Per-env TrainConfig overrides of the RL runs only (the warm start keeps the env's own settings, so its checkpoint
+#: is shared). TextWorld-v0: the warm start wins 0.87 of held-out games at T=1 with the env's 12-turn budget, which
+#: leaves RL almost nothing to show; with 6 turns (walkthrough 5 + one spare) it wins 0.46 (5 turns: 0.23, 7: 0.61,
+#: 8: 0.71; 100 tasks each, measured before any method was compared).
+ENV_RUN: dict[str, dict[str, Any]] = {"text/TextWorld-v0": {"max_turns": 6}}
 
 #: Grid sizes. ``quick`` is what the test suite runs (minutes); ``full`` is sized for ~1 hour on 2 idle cores.
 MODES: dict[str, dict[str, Any]] = {
@@ -176,7 +191,7 @@ def base_config(cfg: StudyConfig, env_id: str):
             tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size, lr=cfg.lr, eval_every=cfg.eval_every,
             eval_tasks=cfg.eval_tasks, kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False,
             progress=False, report=False, checkpoint_every=10, keep_checkpoints=6, save_trajectories=1,
-            steps=cfg.steps, **sizes, **cfg.extra)
+            steps=cfg.steps, **sizes, **(ENV_TRAIN.get(env_id, {}) | cfg.extra))
     if cfg.recipe != "study":
         raise ValueError(f"recipe must be 'study' or 'main', got {cfg.recipe!r}")
     batch = cfg.tasks_per_step * cfg.group_size
@@ -186,7 +201,8 @@ def base_config(cfg: StudyConfig, env_id: str):
         max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
         minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
         kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
-        checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps, **cfg.extra,
+        checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps,
+        **(ENV_TRAIN.get(env_id, {}) | cfg.extra),
     )
 
 
@@ -206,7 +222,7 @@ def run_config(cfg: StudyConfig, env_id: str, method: str, seed: int, sft_dir: s
     """The TrainConfig of one run: shared base + the method's algorithm keys, starting from ``sft_dir``."""
     run_dir = Path(cfg.out_dir) / "runs" / slug(env_id) / method / f"seed{seed}"
     return base_config(cfg, env_id).replace(model=str(sft_dir), sft_steps=0, seed=seed, run_dir=str(run_dir),
-                                            **method_overrides(method, cfg.recipe))
+                                            **ENV_RUN.get(env_id, {}), **method_overrides(method, cfg.recipe))
 
 
 # ----------------------------------------------------------------------------------------------- runs

@@ -151,6 +151,23 @@ def test_powered_mode_runs_every_method_with_the_main_jobs_recipe(tmp_path):
     assert cfg.seeds_for == {"grpo": 5, "a2tgpo": 5} and cfg.final_eval
 
 
+def test_textworld_runs_get_their_env_settings_and_hopqa_keeps_its_own(tmp_path):
+    from turngym.bench.study import base_config
+    from turngym.trainers.config import TrainConfig
+
+    cfg = StudyConfig(out_dir=str(tmp_path), **MODES["powered"])
+    tw = run_config(cfg, "text/TextWorld-v0", "grpo", 0, tmp_path / "sft")
+    assert tw.env_kwargs == {"list_commands": True} and tw.max_traj_tokens == 1280 and tw.max_turns == 6
+    warm = base_config(cfg, "text/TextWorld-v0")  # the warm start plays the env's own turn budget
+    assert warm.max_traj_tokens == 1280 and warm.max_turns is None
+    hop = run_config(cfg, "search/HopQA-v0", "grpo", 0, tmp_path / "sft")
+    assert hop.env_kwargs == {"topk": 1} and hop.max_traj_tokens == TrainConfig().max_traj_tokens
+    assert hop.max_turns is None
+    # an explicit override of the study's extra settings still wins over the per-env budget
+    extra = StudyConfig(out_dir=str(tmp_path), **(MODES["powered"] | {"extra": {"max_traj_tokens": 999}}))
+    assert run_config(extra, "text/TextWorld-v0", "grpo", 0, tmp_path / "sft").max_traj_tokens == 999
+
+
 def test_zero_control_gives_zero_advantages():
     import torch
 

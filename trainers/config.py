@@ -73,7 +73,7 @@ class TrainConfig:
             "ppo_epochs", "eps_low", "eps_high", "dual_clip_c", "ratio_level", "loss_agg", "kl_coef", "kl_type",
             "kl_in_reward", "entropy_coef")),
         "critic": ("PPO critic", ("gamma", "gae_lambda", "value_coef", "value_clip", "critic", "critic_lr")),
-        "multi": ("Multi-agent (algo=multi)", ("multi_mode", "selfplay_every", "selfplay_pool")),
+        "multi": ("Multi-agent (algo=multi)", ("multi_mode", "selfplay_every", "selfplay_pool", "multi_init")),
         "dapo": ("DAPO switches", ("dynamic_sampling", "dynamic_sampling_max_rounds", "overlong_buffer",
                                    "overlong_penalty")),
         "sampling": ("Sampling", ("temperature", "top_p", "max_new_tokens", "max_traj_tokens", "sampler",
@@ -212,6 +212,8 @@ class TrainConfig:
     """self_play: add a frozen snapshot of the learner to the opponent pool every N steps."""
     selfplay_pool: int = 4
     """self_play: most frozen snapshots kept in the opponent pool (oldest dropped first)."""
+    multi_init: str | None = None
+    """Start every learner (and self-play's pool and start snapshot) from the weights of a multi-agent checkpoint instead of the warm start: a `step-*` folder under RUN/checkpoints (step-00000000 is the warm start) or a run directory (its latest checkpoint). The optimizers start fresh; the checkpoint must hold this run's learners. Runs several credit methods or RL recipes from one warm start."""
 
     # --- dapo switches
     dynamic_sampling: bool = False
@@ -851,6 +853,9 @@ def _check_rollout(c: TrainConfig) -> str:
 
 
 def _check_run(c: TrainConfig) -> str:
+    if c.multi_init and c.algo != "multi":
+        return (f"multi_init={c.multi_init!r} starts multi-agent learners from a checkpoint, but algo={c.algo!r}. "
+                "Fix: algo=multi, or model=<saved model dir> sft_steps=0 to start one policy from saved weights.")
     if c.eval_seed + c.eval_tasks - 1 > _SEED:
         return (f"eval_seed={c.eval_seed} + eval_tasks={c.eval_tasks} goes past the largest seed {_SEED}. "
                 f"Fix: eval_seed={_SEED - c.eval_tasks + 1} or smaller.")

@@ -113,8 +113,8 @@ class Multi(loop.Algorithm):
         return self.learners[0].setup
 
     def warm_start(self, cfg: TrainConfig, s: policy_setup.Setup, log) -> dict[str, float]:
-        if cfg.sft_steps <= 0 and cfg.pretrain_steps <= 0:
-            return {}
+        if cfg.multi_init or (cfg.sft_steps <= 0 and cfg.pretrain_steps <= 0):
+            return {}  # multi_init: `build` loads the weights instead
         return warm_start(cfg, self.learners, self.renderer, self.roles, self.tok, log)
 
     def build(self, cfg: TrainConfig, s: policy_setup.Setup) -> tuple[torch.nn.Module, Optimizers]:
@@ -124,7 +124,10 @@ class Multi(loop.Algorithm):
         if cfg.multi_mode == "self_play":
             self.pool.append(loop.frozen_copy(self.learners[0].model))
             self.start.append(loop.frozen_copy(self.learners[0].model))
-        return bundle(self.learners, self.pool, self.start)
+        modules, optimizers = bundle(self.learners, self.pool, self.start)
+        if cfg.multi_init and not cfg.resume:
+            load_init(cfg.multi_init, modules, [ln.name for ln in self.learners], self.pool, self.start)
+        return modules, optimizers
 
     def restore(self, cfg: TrainConfig, ckpt: Checkpoint, modules: torch.nn.Module, optimizer: Any) -> None:
         """Check the checkpoint's learners are this run's, rebuild the pool's snapshots (``pool_size`` of
@@ -263,6 +266,40 @@ def bundle(learners: list[Learner], pool: torch.nn.ModuleList, start: torch.nn.M
 
 
 # ----------------------------------------------------------------------------------------------- building
+
+
+def load_init(path: str, modules: torch.nn.Module, names: list[str], pool: torch.nn.ModuleList,
+              start: torch.nn.ModuleList) -> None:
+    """``multi_init``: load the weights of the checkpoint at ``path`` (a ``step-*`` folder, or a run directory:
+    its latest checkpoint) into `bundle`'s ``modules``; the pool gets the checkpoint's snapshots. A checkpoint
+    without a start snapshot (not self-play, or saved before it existed) leaves self-play's start as a copy of
+    the loaded learner. Neither optimizers nor RNGs are loaded: the run starts fresh from these weights."""
+    from turngym.trainers.checkpoint import CKPT_SUBDIR, CheckpointError, load_checkpoint, load_latest
+
+    where = Path(path)
+    try:
+        ckpt = load_latest(where) if (where / CKPT_SUBDIR).is_dir() else load_checkpoint(where)
+    except CheckpointError as err:
+        raise ConfigError(f"multi_init={path!r}: {err}") from err
+    if ckpt is None:
+        raise ConfigError(f"multi_init={path!r}: the run directory holds no checkpoint that verifies.")
+    if ckpt.extra.get("learners") != names:
+        raise ConfigError(f"multi_init={path!r} holds learners {ckpt.extra.get('learners')}, but this run builds "
+                          f"{names} (another multi_mode or env?). Fix: a checkpoint of a run with this "
+                          "multi_mode and env.")
+    has_start = any(k.startswith("start.") for k in ckpt.model_state or {})
+    self_play = len(start) > 0  # `build` made the start snapshot
+    del pool[:]
+    if self_play:  # the pool as saved; the start loaded, or copied from the loaded learner below
+        pool.extend(loop.frozen_copy(modules["learners"][0]) for _ in range(ckpt.extra.get("pool_size", 0)))
+        if not has_start:
+            del start[:]
+    try:
+        ckpt.restore(modules, rng=False)
+    except (RuntimeError, CheckpointError) as err:  # shapes or keys of another model
+        raise ConfigError(f"multi_init={path!r} does not fit this run's model: {err}") from err
+    if self_play and not has_start:
+        start.append(loop.frozen_copy(modules["learners"][0]))
 
 
 def check_supported(cfg: TrainConfig) -> None:

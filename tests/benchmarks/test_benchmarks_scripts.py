@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import yaml
 from script_loader import load_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,3 +154,33 @@ def test_selfplay_quick_grid_tables_both_opponents_and_reuses_finished_runs(tmp_
     assert "| 2 |" in capsys.readouterr().out
     assert selfplay.main(args) == 0  # every run finished: reused, nothing trained
     assert "0 run(s) to train, 2 reused" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_multi_credit_quick_study_starts_every_arm_from_one_warm_start_and_reuses_finished_runs(tmp_path, capsys):
+    multi_credit = load_script("multi_credit")
+    arms = "grpo (self-play),team-difference (self-play)"
+    args = ["--quick", "--study", "kuhnpoker", "--arms", arms, "--seeds", "1", "--set", "sft_steps=4",
+            "--out", str(tmp_path / "out"), "--json", str(tmp_path / "t.json")]
+    assert multi_credit.main(args) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["arm"] for r in rows] == arms.split(",")
+    games = 2 * multi_credit.QUICK["eval_tasks"]  # self-play: the learner plays each seat
+    for r in rows:
+        assert r["games"] == games and r["step"] == multi_credit.QUICK["steps"]
+        assert 0 <= r["last_ci"][0] <= r["last"][0] <= r["last_ci"][1] <= 1
+        assert r["gain_ci"][0] <= r["gain"] <= r["gain_ci"][1]
+    assert "vs_ref" not in rows[0] and rows[1]["vs_ref"] == pytest.approx(rows[1]["last"][0] - rows[0]["last"][0])
+    # both arms start from the one warm start (its step-0 checkpoint), so their step-0 evaluations agree
+    assert rows[0]["first"] == rows[1]["first"]
+    warm = tmp_path / "out" / "kuhnpoker" / "warm"
+    assert [p.name for p in warm.iterdir()] == ["self_play"]
+    cfg = yaml.safe_load((tmp_path / "out" / "kuhnpoker" / "team-difference-self-play" / "seed0" /
+                          "config.yaml").read_text())
+    assert cfg["multi_init"] == str(warm / "self_play" / "seed0" / "checkpoints" / "step-00000000")
+    out = capsys.readouterr()
+    assert "1 warm start(s) and 2 run(s) to train" in out.err and "| team-difference (self-play) |" in out.out
+    assert multi_credit.main(args) == 0  # every run finished: reused, nothing trained
+    assert "0 warm start(s) and 0 run(s) to train, 1 and 2 reused" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        multi_credit.main(["--study", "kuhnpoker", "--arms", "nope", "--out", str(tmp_path / "x")])

@@ -52,7 +52,7 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
     "kuhnpoker": ("multi-kuhnpoker", {
         "grpo (self-play)": [],
         "team-difference (self-play)": ["credit=team-difference"],
-        "gigpo (self-play)": ["credit=gigpo"],
+        "gigpo (self-play)": ["credit=gigpo", "credit_overrides.anchor_source=observation"],
     }),
 }
 #: Overrides of ``--quick``: a few CPU seconds per run.

@@ -177,6 +177,12 @@ class GoldProbeProvider:
     into ``meta["prompt_signals"]``) and given ``C_k`` = prompt + turns ``0..k`` with their observations, for
     ``k < T − 1`` (into ``Turn.signals``). All probes of the call go through the scorer in batches.
 
+    A gold answer that changes with the env's state (a game's plan: what is left to do after each move) comes in
+    each step's ``Turn.info[gold_key]``; ``C_k`` is then scored on turn ``k``'s (the gold from the state that turn
+    left), ``C_{−1}`` on the trajectory's. Envs whose step info has no such key are scored on the trajectory's gold
+    at every ``k`` (the spec's probe). The remaining plan is what a probe can learn about from a move: scoring the
+    whole plan from the start, every move leaves the probe as it was (IG about 1e-5 nats on TextWorld).
+
     Args:
         scorer: `ContinuationScorer` of the behaviour policy π_θold.
         tokenize: `Tokenize` of the policy's tokenizer.
@@ -212,9 +218,13 @@ class GoldProbeProvider:
             run = list(t.prompt_ids)
             for k, u in enumerate(t.turns[:-1]):
                 run = run + list(u.action_ids) + list(u.obs_ids)
+                now = _first_gold(u.info.get(self.gold_key)) if isinstance(u.info, dict) else None
+                ids_k, a_k, b_k = (ids, a, b) if now is None else self.pseudo(now)
+                if b_k <= a_k:
+                    continue  # nothing left to score (a finished plan): this turn's score stays missing
                 ctx.append(run)
-                cont.append(ids)
-                spans.append((a, b))
+                cont.append(ids_k)
+                spans.append((a_k, b_k))
                 where.append((i, k))
         scores = _call_scorer(self.scorer, ctx, cont, self.batch_size, "GoldProbeProvider")
         for (i, k), lp, (a, b) in zip(where, scores, spans):

@@ -17,7 +17,8 @@ Gold data for credit (``info["task"]``): ``walkthrough`` (the winning commands f
 (every expert turn: each shortens the remaining walkthrough) and ``gold_turn_values``. Every step's info carries
 the ground-truth ``value`` = 1 - remaining walkthrough steps / initial walkthrough length (TextWorld recomputes
 the remaining steps from the game state after each command; clamped to [0, 1]; 0 once the game is lost),
-``value_delta``, and GiGPO anchors: ``anchor_obs`` is the game state the action was taken in (room and inventory),
+``value_delta``, ``gold_answer`` (the plan from the new state: what the gold-answer probe of IGPO / A²TGPO scores
+after this turn, `turngym.credit.signals.GoldProbeProvider`), and GiGPO anchors: ``anchor_obs`` is the game state the action was taken in (room and inventory),
 ``anchor`` the state it led to. `TextWorldEnv.turn_value` replays any history of the current task.
 
 ``<answer> go east; take coin </answer>`` submits the rest of a plan at once: its commands (split on ``;``,
@@ -246,6 +247,7 @@ class TextWorldEnv(Env):
         done, value = self._value_of(self._game)
         info["progress"] = done
         info["remaining_steps"] = len(self._game.remaining)
+        info["gold_answer"] = "; ".join(self._game.remaining)  # the plan from here: the gold probe's answer now
         info["value"] = value
         info["value_delta"] = round(value - self._last_value, 12)
         info["anchor_obs"] = self._last_anchor  # the state this action was taken in

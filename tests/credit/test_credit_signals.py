@@ -72,6 +72,25 @@ def test_gold_probe_contexts_and_values():
     assert "probe_score" not in t.turns[2].signals  # the probe after the final turn is never run
 
 
+def test_gold_probe_scores_each_turn_on_the_gold_its_step_left():
+    """A plan that shrinks as the game goes (TextWorld's ``info["gold_answer"]``): ``C_k`` is scored on turn k's
+    remaining plan, ``C_{-1}`` on the trajectory's; a turn with nothing left to score keeps no score."""
+    sc = RecordingScorer()
+    t = _traj(n_turns=4)
+    t.meta["gold_answer"] = "east; coin; north"
+    for u, left in zip(t.turns, ["coin; north", "coin; north", "", ""]):
+        u.info["gold_answer"] = left
+    GoldProbeProvider(sc, char_tokenize, prefix="<a>", suffix="</a>")([t])
+    ctx, cont = sc.calls[0]
+    assert len(ctx) == 3  # the prompt, turn 0, turn 1 (turn 2 left an empty plan; turn 3 is the last)
+    assert cont[0] == char_tokenize("<a>east; coin; north")[0]
+    assert cont[1] == cont[2] == char_tokenize("<a>coin; north")[0]
+    span = range(3, 3 + len("coin; north"))
+    assert t.turns[1].signals["probe_score"] == pytest.approx(np.mean([-0.1 * (j + 1) - 0.01 * len(ctx[2])
+                                                                       for j in span]))
+    assert "probe_score" not in t.turns[2].signals and "probe_score" not in t.turns[3].signals
+
+
 def test_gold_probe_failures_raise():
     def boom(c, y):
         raise ConnectionError("scorer down")

@@ -97,6 +97,9 @@ def test_expert_wins_every_game_and_values_rise_on_decisive_turns(env_name, game
         assert task["gold_answer"] == "; ".join(walk)
         assert [c["arguments"]["command"] for c in task["gold_calls"]] == walk[:-1]
         assert info0["value"] == 0.0 and info0["remaining_steps"] == len(walk)
+        # the gold probe's answer after each move: the rest of the walkthrough (empty once the game is won)
+        assert info0["gold_answer"] == task["gold_answer"]
+        assert [i["gold_answer"] for *_, i in steps] == ["; ".join(walk[k + 1:]) for k in range(len(walk))]
         values = [info0["value"]] + [i["value"] for *_, i in steps]
         assert values == pytest.approx(task["gold_turn_values"])
         deltas = [i["value_delta"] for *_, i in steps]

@@ -47,7 +47,7 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
         "a2tgpo (separate)": ["credit=a2tgpo"],
         "matchtir (separate)": ["credit=matchtir"],
         "grpo (shared)": ["multi_mode=shared"],
-        "grpo, 100 steps (separate)": ["steps=100", "eval_every=20"],
+        "grpo for 100 steps (separate)": ["steps=100", "eval_every=20"],
     }),
     "kuhnpoker": ("multi-kuhnpoker", {
         "grpo (self-play)": [],

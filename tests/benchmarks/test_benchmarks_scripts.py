@@ -184,3 +184,40 @@ def test_multi_credit_quick_study_starts_every_arm_from_one_warm_start_and_reuse
     assert "0 warm start(s) and 0 run(s) to train, 1 and 2 reused" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         multi_credit.main(["--study", "kuhnpoker", "--arms", "nope", "--out", str(tmp_path / "x")])
+
+
+def test_searchteam_failures_sorts_episodes_by_what_went_wrong_first():
+    from turngym.types import ToolCall, ToolResult, Trajectory, Turn
+
+    failures = load_script("searchteam_failures")
+    doc = "[1] Cyrex: The founder of Cyrex is Rosa Brenn."
+
+    def searcher(*acts, result=doc):
+        turns = []
+        for a in acts:
+            search = a.startswith("<search>")
+            turns.append(Turn(action_text=a, tool_calls=[ToolCall("search", {"query": "founder of Cyrex"})] if search
+                              else [], tool_results=[ToolResult(name="search", ok=True, output=result)] if search
+                              else []))
+        return Trajectory(group_id="g", prompt_ids=[1], turns=turns, meta={"gold_answer": "Rosa Brenn"})
+
+    def answerer(won):
+        return Trajectory(group_id="g", prompt_ids=[1], turns=[Turn(action_text="<answer> x </answer>")],
+                          outcome=float(won))
+
+    search = "<search> founder of Cyrex </search>"
+    cases = {
+        "no notes": (searcher(search, "<answer>"), None),
+        "no search": (searcher("<answer> Bruno Amari </answer>"), answerer(False)),
+        "result had it, notes wrong": (searcher(search, "<answer> The founder of Cyrex is Ines Arden. </answer>"),
+                                       answerer(False)),
+        "no result had it": (searcher(search, "<answer> Ines Arden </answer>", result="[1] Voxico: nothing"),
+                             answerer(False)),
+        "notes right, answer wrong": (searcher(search, "<answer> The founder of Cyrex is Rosa Brenn. </answer>"),
+                                      answerer(False)),
+        "success": (searcher(search, "<answer> rosa brenn </answer>"), answerer(True)),
+    }
+    assert list(cases) == list(failures.CATEGORIES)
+    for want, (s, a) in cases.items():
+        assert failures.classify(s, a) == want
+    assert failures.notes_of(cases["success"][0]) == "rosa brenn"

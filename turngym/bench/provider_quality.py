@@ -219,6 +219,7 @@ def measure_probe(trajs: list[Trajectory], run_cfg: Any, s: Any, batch, v: Tenso
         igpo_rel = _credit("igpo", b2, dv, decisive, probe_signal=sig, ig_type="log_prob_diff", norm_mode="separate")
         rows.append({
             "template": label, "prefix": pre, "suffix": suf, "ig_turns": int(np.isfinite(ig_np).sum()),
+            "ig_abs_mean": _nanmean(np.abs(ig_np)),
             "rho_ig_dv": _rho(ig_np, dv_np, n_boot, seed), "auc_ig_hop": _auc(ig_np, _nan_where(hop, igm), n_boot,
                                                                              seed),
             "rho_igprob_dv": _rho(ig_prob, dv_np, n_boot, seed), "rho_igsum_dv": _rho(ig_sum, dv_np, n_boot, seed),
@@ -517,13 +518,13 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"{b['hop_turns']} hop-resolving; success {b['success']:.2f}, answered {b['answered']:.2f} (empty answers "
                    f"{b.get('empty_answers', math.nan):.2f})."), "",
                   "Gold-answer probe (IGPO / A²TGPO), IG = s_k − s_{k−1} on every turn but the last:", "",
-                  ("| template | IG turns | ρ(IG, ΔV) | AUC(IG, hop) | ρ(IG sum, ΔV) | ρ(IG prob, ΔV) | ρ(s_k, V_k) "
+                  ("| template | IG turns | mean abs IG (nats) | ρ(IG, ΔV) | AUC(IG, hop) | ρ(IG sum, ΔV) | ρ(IG prob, ΔV) | ρ(s_k, V_k) "
                   "| p̄ prompt / V<1 / V=1 | IGPO within-ep ρ(Ā, ΔV) | IGPO (log-prob IG, separate pools) within-ep "
                   "ρ(Ā, ΔV) | A²TGPO within-ep ρ(Ā, ΔV) | A²TGPO lift |"),
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in p["probe"]:
             lines.append(
-                f"| {r['template']} | {r['ig_turns']} | {_v(r['rho_ig_dv'])} | {_v(r['auc_ig_hop'])} | "
+                f"| {r['template']} | {r['ig_turns']} | {ca._f(r.get('ig_abs_mean'), '.2g')} | {_v(r['rho_ig_dv'])} | {_v(r['auc_ig_hop'])} | "
                 f"{_v(r['rho_igsum_dv'])} | {_v(r['rho_igprob_dv'])} | {_v(r['rho_level_v'])} | "
                 f"{ca._f(r['p_prompt'])} / {ca._f(r['p_v_lt1'])} / {ca._f(r['p_v_eq1'])} (n={r['n_v_eq1']}) | "
                 f"{_v(r['igpo_within'])} | {_v(r['igpo_release_within'])} | {_v(r['a2tgpo_within'])} | "

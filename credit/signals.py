@@ -191,14 +191,18 @@ class GoldProbeProvider:
         gold_key: ``Trajectory.meta`` key of the gold answer (a list uses its first alternative).
         signal: Signal name.
         batch_size: Probes per scorer call.
+        turn_gold: Score ``C_k`` on turn ``k``'s ``info[gold_key]`` when it has one (False: the trajectory's gold
+            at every ``k``, as the spec's probe).
     """
 
     name = "gold_probe"
 
     def __init__(self, scorer: ContinuationScorer, tokenize: Tokenize, *, prefix: str = DEFAULT_PROBE_PREFIX,
                  suffix: str = DEFAULT_PROBE_SUFFIX, generation_prefix: Sequence[int] = (),
-                 gold_key: str = "gold_answer", signal: str = "probe_score", batch_size: int = 64):
+                 gold_key: str = "gold_answer", signal: str = "probe_score", batch_size: int = 64,
+                 turn_gold: bool = True):
         self.scorer, self.signal, self.gold_key, self.batch_size = scorer, signal, gold_key, batch_size
+        self.turn_gold = turn_gold
         self.generation_prefix = list(generation_prefix)
         self.pseudo = _PseudoResponse(tokenize, prefix, suffix)
 
@@ -218,7 +222,7 @@ class GoldProbeProvider:
             run = list(t.prompt_ids)
             for k, u in enumerate(t.turns[:-1]):
                 run = run + list(u.action_ids) + list(u.obs_ids)
-                now = _first_gold(u.info.get(self.gold_key)) if isinstance(u.info, dict) else None
+                now = _first_gold(u.info.get(self.gold_key)) if self.turn_gold and isinstance(u.info, dict) else None
                 ids_k, a_k, b_k = (ids, a, b) if now is None else self.pseudo(now)
                 if b_k <= a_k:
                     continue  # nothing left to score (a finished plan): this turn's score stays missing

@@ -181,3 +181,15 @@ def test_expert_rollouts_ground_truth_and_outcome_only_share(tiny_setup):
     assert den > 0, "the noisy expert should give groups with different outcomes"
     assert rows["grpo"].decisive_share == pytest.approx(num / den, abs=1e-5)
     assert stats["decisive_turns"] == int(dec.sum()) and stats["trajectories"] == 16
+
+
+def test_set_passes_any_train_config_field_to_the_rollouts_and_wins():
+    from turngym.bench import credit_accuracy as ca
+    from turngym.errors import ConfigError
+
+    args = ca.build_parser().parse_args(["--env", "text/TextWorld-v0", "--set", "max_traj_tokens=1280",
+                                         "--set", "max_new_tokens=48"])
+    cfg = ca.config_from_args(args).train_config()
+    assert (cfg.env_id, cfg.max_traj_tokens, cfg.max_new_tokens) == ("text/TextWorld-v0", 1280, 48)
+    with pytest.raises(ConfigError, match="Unknown config key 'nope'"):
+        ca.config_from_args(ca.build_parser().parse_args(["--set", "nope=1"]))

@@ -89,6 +89,9 @@ def test_gold_probe_scores_each_turn_on_the_gold_its_step_left():
     assert t.turns[1].signals["probe_score"] == pytest.approx(np.mean([-0.1 * (j + 1) - 0.01 * len(ctx[2])
                                                                        for j in span]))
     assert "probe_score" not in t.turns[2].signals and "probe_score" not in t.turns[3].signals
+    sc = RecordingScorer()  # turn_gold=False: the task's gold after every turn (the spec's probe)
+    GoldProbeProvider(sc, char_tokenize, prefix="<a>", suffix="</a>", turn_gold=False)([t])
+    assert sc.calls[0][1] == [char_tokenize("<a>east; coin; north")[0]] * 4
 
 
 def test_gold_probe_failures_raise():

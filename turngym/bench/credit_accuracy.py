@@ -234,11 +234,12 @@ class CreditAccuracyConfig:
     def train_config(self):
         from turngym.trainers.config import TrainConfig
 
-        return TrainConfig(env_id=self.env_id, env_kwargs=self.resolved_env_kwargs, model_size=self.model_size,
-                           seed=self.seed, pretrain_steps=self.pretrain_steps, sft_steps=self.sft_steps,
-                           sft_episodes=self.sft_episodes, max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, torch_threads=self.torch_threads, tensorboard=False,
-                           progress=False, report=False, **self.extra)
+        base = dict(env_id=self.env_id, env_kwargs=self.resolved_env_kwargs, model_size=self.model_size,
+                    seed=self.seed, pretrain_steps=self.pretrain_steps, sft_steps=self.sft_steps,
+                    sft_episodes=self.sft_episodes, max_new_tokens=self.max_new_tokens,
+                    temperature=self.temperature, torch_threads=self.torch_threads, tensorboard=False,
+                    progress=False, report=False)
+        return TrainConfig(**(base | self.extra))  # ``extra`` (``--set``) wins
 
 
 QUICK = {"tasks": 4, "group_size": 4, "pretrain_steps": 0, "sft_steps": 30, "sft_episodes": 48, "max_new_tokens": 40,
@@ -1121,6 +1122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--methods", default="", help="comma-separated methods (default: all of CREDIT)")
     p.add_argument("--threads", type=int, default=d.torch_threads, help="torch CPU threads")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field of the rollouts and warm start, e.g. max_traj_tokens=1280")
     return p
 
 
@@ -1134,6 +1137,11 @@ def config_from_args(args: argparse.Namespace) -> CreditAccuracyConfig:
         kw["tree_branching"] = tuple(int(x) for x in args.tree_branching.split(",") if x.strip())
     if getattr(args, "env_kwargs", None):
         kw["env_kwargs"] = json.loads(args.env_kwargs)
+    if getattr(args, "set", None):
+        from turngym.config import parse_overrides
+        from turngym.trainers.config import TrainConfig
+
+        kw["extra"] = parse_overrides(TrainConfig, args.set)
     policies = parse_policies([*getattr(args, "policy", []), getattr(args, "policies", "")])
     if policies:
         kw["policies"] = policies

@@ -15,8 +15,10 @@ information and where it is noise.
   read it), ρ(IG, ΔV) with sum instead of mean over the gold tokens (length normalisation), and the credit the
   method then gives: IGPO's (paper defaults: probability IG, one joint pool with the outcome; and the release's
   log-prob IG with separate pools) and A²TGPO's within-episode ρ(Ā, ΔV), and A²TGPO's ``lift`` (credit-accuracy
-  definitions) on these signals. A last row, ``oracle: IG = ΔV``, feeds the methods a perfect probe (``s_k = V_k``):
-  what their structure makes of a perfect signal.
+  definitions) on these signals. Where the steps' info carries a per-turn gold (TextWorld's remaining plan, which
+  the trainers' probe scores after each turn), a row scores the task's gold at every turn instead (the probe before
+  that). A last row, ``oracle: IG = ΔV``, feeds the methods a perfect probe (``s_k = V_k``): what their structure
+  makes of a perfect signal. The table also gives the mean |IG| (nats).
 * **A²TGPO's turn-group normalisation**: ``Ĩ`` = IG z-scored within (group, IG ordinal ``j``): the share of IG turns
   alone in their pool (``Ĩ = 0``), the share in pools whose raw IGs differ by less than 0.01 nats (std: pools of
   near-identical rollouts, whose Ĩ carries no contrast — about 0, or noise scaled up to unit size), ρ(Ĩ, ΔV) next to
@@ -78,6 +80,10 @@ ORACLE_SIOP = "oracle: shaping = ΔV"
 
 NOSPACE_TEMPLATE = ("<answer>", "</answer>")
 """The probe template of the trainers before the answer-format fix."""
+
+
+TASK_GOLD = "answer format, the task's gold at every turn"
+"""The probe row that ignores the per-turn gold of the steps' info (the probe before it existed)."""
 
 
 def probe_templates(run_cfg: Any) -> dict[str, tuple[str, str]]:
@@ -168,8 +174,12 @@ def measure_probe(trajs: list[Trajectory], run_cfg: Any, s: Any, batch, v: Tenso
     igm = _ig_mask(batch)
     hop = (dv > 0).double()
     rows = []
-    variants = [*probe_templates(run_cfg).items(), (ORACLE, None)]
-    for t_i, (label, template) in enumerate(variants):
+    variants = [(label, template, True) for label, template in probe_templates(run_cfg).items()]
+    if any(isinstance(u.info, dict) and "gold_answer" in u.info for t in trajs for u in t.turns[:-1]):
+        # an env whose gold changes with the state (TextWorld's remaining plan): the task's gold at every turn too
+        variants.append((TASK_GOLD, variants[0][1], False))
+    variants.append((ORACLE, None, True))
+    for t_i, (label, template, turn_gold) in enumerate(variants):
         sig = f"pq_probe_{t_i}"
         if template is None:  # the oracle: s_k = V_k, s_{-1} = V(s_0), so that IG (log_prob_diff) = ΔV exactly
             pre, suf = "", ""
@@ -181,7 +191,7 @@ def measure_probe(trajs: list[Trajectory], run_cfg: Any, s: Any, batch, v: Tenso
             n_gold = torch.ones(len(trajs))
         else:
             pre, suf = template
-            prov = GoldProbeProvider(scorer, tok, prefix=pre, suffix=suf, signal=sig)
+            prov = GoldProbeProvider(scorer, tok, prefix=pre, suffix=suf, signal=sig, turn_gold=turn_gold)
             prov(trajs)
             n_gold = torch.tensor([float(max(1, prov.pseudo(ca_gold(t))[2] - prov.pseudo(ca_gold(t))[1]))
                                    if ca_gold(t) is not None else math.nan for t in trajs])

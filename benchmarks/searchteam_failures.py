@@ -12,7 +12,9 @@ evaluation does (the same seeds, ``eval_temperature``). Categories (`classify`),
 * ``result had it, notes wrong``: a search result held the answer but the notes do not (copying from the result);
 * ``no result had it``: no search result held the answer (wrong query or entity), nor do the notes;
 * ``notes right, answer wrong``: the notes hold the answer and the answerer did not give it;
-* ``success``.
+* ``success``: the notes held the answer and the answerer gave it;
+* ``success, not from the notes``: the answerer gave the answer although the notes did not hold it (every task is
+  asked about the same world, so a policy can answer from what its weights remember of it).
 
 Prints a markdown table (one column per checkpoint) and one example episode per category.
 """
@@ -29,7 +31,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CATEGORIES = ("no notes", "no search", "result had it, notes wrong", "no result had it", "notes right, answer wrong",
-              "success")
+              "success", "success, not from the notes")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -43,6 +45,9 @@ def classify(searcher, answerer) -> str:
     """The first thing that went wrong in one episode (its searcher's and answerer's trajectories)."""
     gold = str(searcher.meta.get("gold_answer", "")).lower()
     notes = notes_of(searcher)
+    won = answerer is not None and answerer.outcome >= 1.0
+    if won:
+        return "success" if notes is not None and gold in notes.lower() else "success, not from the notes"
     if notes is None:
         return "no notes"
     if gold not in notes.lower():
@@ -51,8 +56,7 @@ def classify(searcher, answerer) -> str:
             return "no search"
         seen = " ".join(str(r.output) for u in searcher.turns for r in u.tool_results).lower()
         return "result had it, notes wrong" if gold in seen else "no result had it"
-    won = answerer is not None and answerer.outcome >= 1.0
-    return "success" if won else "notes right, answer wrong"
+    return "notes right, answer wrong"
 
 
 def evaluate(checkpoint: str, tasks: int, overrides: list[str]) -> tuple[dict[str, int], dict[str, Any], float]:

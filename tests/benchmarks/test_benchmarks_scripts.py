@@ -216,6 +216,7 @@ def test_searchteam_failures_sorts_episodes_by_what_went_wrong_first():
         "notes right, answer wrong": (searcher(search, "<answer> The founder of Cyrex is Rosa Brenn. </answer>"),
                                       answerer(False)),
         "success": (searcher(search, "<answer> rosa brenn </answer>"), answerer(True)),
+        "success, not from the notes": (searcher("<answer> Ines Arden </answer>"), answerer(True)),
     }
     assert list(cases) == list(failures.CATEGORIES)
     for want, (s, a) in cases.items():

@@ -234,11 +234,11 @@ class CreditAccuracyConfig:
     def train_config(self):
         from turngym.trainers.config import TrainConfig
 
-        base = dict(env_id=self.env_id, env_kwargs=self.resolved_env_kwargs, model_size=self.model_size,
-                    seed=self.seed, pretrain_steps=self.pretrain_steps, sft_steps=self.sft_steps,
-                    sft_episodes=self.sft_episodes, max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature, torch_threads=self.torch_threads, tensorboard=False,
-                    progress=False, report=False)
+        base = {"env_id": self.env_id, "env_kwargs": self.resolved_env_kwargs, "model_size": self.model_size,
+                "seed": self.seed, "pretrain_steps": self.pretrain_steps, "sft_steps": self.sft_steps,
+                "sft_episodes": self.sft_episodes, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "torch_threads": self.torch_threads, "tensorboard": False,
+                "progress": False, "report": False}
         return TrainConfig(**(base | self.extra))  # ``extra`` (``--set``) wins
 
 

@@ -110,7 +110,9 @@ class GroupBatch:
         ref_logprobs: ``[B, L]`` or None (filled by the trainer).
         values: ``[B, L]`` critic values or None (filled by the trainer, PPO only).
         outcome: ``[B]`` float32; NaN where unavailable.
-        has_answer: ``[B]`` bool; the trajectory produced a final answer.
+        has_answer: ``[B]`` bool; the trajectory produced a final answer, or its env ended it with an outcome
+            (``stop_reason == "terminated"``: a game won or lost by a move). False for episodes cut by the turn or
+            token budget or an env error: those are the "no answer" that IGPO's ``format_fail_reward`` penalises.
         turn_signals: name -> ``[B, K]`` float32, NaN where missing (numeric ``Turn.signals`` only).
         prompt_signals: name -> ``[B]`` float32 from ``Trajectory.meta["prompt_signals"]``, NaN where missing.
         token_features: name -> ``[B, L, ...]`` per-token tensors filled by the trainer or a provider (e.g. DelTA's
@@ -330,7 +332,7 @@ class GroupBatch:
             pids_l.append([pad_id] * pad + list(t.prompt_ids))
             pmask_l.append([False] * pad + [True] * len(t.prompt_ids))
             outcome_l.append(float(t.outcome) if t.outcome is not None and _is_number(t.outcome) else nan)
-            ans_l.append(t.final_answer is not None)
+            ans_l.append(t.final_answer is not None or t.stop_reason == "terminated")
             for n, v in (t.meta.get(PROMPT_SIGNALS_KEY) or {}).items():
                 if _is_number(v):
                     psig_rows.setdefault(n, [nan] * b)[i] = float(v)

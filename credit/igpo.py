@@ -48,7 +48,8 @@ class IGPOConfig:
     gamma: float = 1.0
     """Discount across turns."""
     format_fail_reward: float | None = -2.0
-    """Outcome used for trajectories without a final answer (IGPO: −2); None keeps ``outcome``."""
+    """Outcome used for trajectories without a final answer (IGPO: −2); None keeps ``outcome``. An episode its env
+    ended (a game won or lost by a move: `GroupBatch.has_answer`) keeps its outcome."""
     w_outcome: float = 1.0
     """Curriculum weight on the raw outcome (1.0 = off)."""
     w_ig: float = 1.0

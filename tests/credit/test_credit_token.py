@@ -72,9 +72,9 @@ def ragged_trajs(draw, with_prm: bool = False, vocab: int = 3):
                 if with_prm:
                     sig.append({"prm": draw(st.one_of(st.floats(-1, 1), st.just(NaN)))})
             outcome = draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1), st.just(NaN)))
-            trajs.append(
-                traj(f"g{g}", turns, outcome, signals=sig or None, answer=draw(st.sampled_from(["x", None])))
-            )
+            answer = draw(st.sampled_from(["x", None]))  # a core env ends an episode when, and only when, it answers
+            trajs.append(traj(f"g{g}", turns, outcome, signals=sig or None, answer=answer,
+                              stop_reason="terminated" if answer is not None else "max_turns"))
     return trajs
 
 

@@ -287,3 +287,31 @@ def test_treasure_hunter_games(tmp_path):
             assert all(i["value_delta"] > 0 for *_, i in steps)
     finally:
         env.close()
+
+
+@needs_textworld
+def test_a_game_won_by_moves_is_not_a_missing_answer_for_credit():
+    """A TextWorld game ends by a move, not an answer: credit must see the outcome, not IGPO's "no answer" -2.
+
+    Two scripted episodes of one game and group, one won in 5 moves, one cut by the 4-turn budget. Before
+    `GroupBatch.has_answer` counted a terminated episode as answered, both got IGPO's format-fail outcome -2 and
+    the same advantage: the won game was not credited at all."""
+    from turngym.agents import Renderer, ScriptedPolicy, collect_rollouts
+    from turngym.agents.tiny import build_tokenizer
+    from turngym.credit import GroupBatch, assign_credit
+
+    tok = build_tokenizer(["<command> go east </command> take coin", "You are in a room."], vocab_size=300)
+    won, cut = (collect_rollouts(SHORT, ScriptedPolicy(tok, noise=0.0), Renderer(tok), seeds=[2], group_size=1,
+                                 env_kwargs={"games": 3, "max_turns": budget})[0] for budget in (5, 4))
+    assert (won.stop_reason, won.final_answer, won.outcome) == ("terminated", None, 1.0)
+    assert cut.stop_reason != "terminated" and cut.outcome == 0.0
+    cut.group_id = won.group_id
+    for t in (won, cut):  # a flat probe: no information gain anywhere, the outcome turn alone carries credit
+        t.meta["prompt_signals"] = {"probe_score": -1.0}
+        for turn in t.turns[:-1]:
+            turn.signals["probe_score"] = -1.0
+    batch = GroupBatch.from_trajectories([won, cut], pad_id=tok.pad_token_id)
+    assert batch.has_answer.tolist() == [True, False]
+    adv = assign_credit("igpo", batch).advantages
+    last_won, last_cut = adv[0, batch.turn_last[0, 4]], adv[1, batch.turn_last[1, 3]]
+    assert last_won > 0 > last_cut

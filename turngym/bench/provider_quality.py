@@ -284,14 +284,6 @@ def _constant_outcome_rows(batch) -> float:
     return float(np.mean([const[gi] for gi in g]))
 
 
-def _correct(t: Trajectory) -> bool:
-    from turngym.credit.siop import normalize_answer
-
-    gold = ca_gold(t)
-    return t.final_answer is not None and gold is not None and \
-        normalize_answer(t.final_answer) == normalize_answer(gold)
-
-
 def measure_siop(trajs: list[Trajectory], run_cfg: Any, s: Any, batch, v: Tensor, dv: Tensor, decisive: Tensor,
                  n_boot: int, seed: int) -> list[dict[str, Any]]:
     """SIOP support figures per (template, references, position) (see the module docstring)."""
@@ -472,7 +464,7 @@ def measure(trajs: list[Trajectory], run_cfg: Any, s: Any, n_boot: int = 1000, s
             "matchtir": measure_matchtir(trajs, batch, dv, n_boot, seed),
             "gigpo": measure_gigpo(batch),
             "batch": {"trajectories": len(trajs), "turns": int(batch.turn_mask.sum()),
-                      "success": float(np.mean([_correct(t) for t in trajs])),
+                      "success": float(np.mean([bool((t.meta.get("rollout") or {}).get("success")) for t in trajs])),
                       "answered": float(np.mean([t.final_answer is not None for t in trajs])),
                       "empty_answers": float(np.mean([t.final_answer is not None and not t.final_answer.strip()
                                                       for t in trajs])),

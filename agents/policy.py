@@ -174,6 +174,10 @@ class HFPolicy:
         legacy_decode: Use the decode loop from before issue 24 (the whole cache gathered on every finish,
             ``torch.multinomial`` over the full vocabulary). Kept for side-by-side benchmarks
             (``benchmarks/rollout.py --legacy``); it draws different tokens from the same seed.
+        decode: ``"compiled"``: decode steps run `turngym.agents.decode_step.DecodeStep` (one ``torch.compile``
+            of the whole step, once per process; a `ConfigError` when the model is not supported); ``"eager"``:
+            the model's own forward; ``"auto"``: compiled where supported, else eager. Prefill always runs the
+            model's forward. ``decode_compile_seconds`` says how long the compilation took.
     """
 
     def __init__(
@@ -188,6 +192,7 @@ class HFPolicy:
         prefix_cache_bytes: int = 2 << 30,
         compact_dead_share: float = 0.1,
         legacy_decode: bool = False,
+        decode: str = "eager",
     ):
         import torch
 
@@ -211,6 +216,24 @@ class HFPolicy:
             raise ConfigError(f"HFPolicy: compact_dead_share must be in [0, 1], got {compact_dead_share}.")
         self.compact_dead_share = float(compact_dead_share)
         self.legacy_decode = bool(legacy_decode)
+        self._step = self._decode_step(decode)
+
+    def _decode_step(self, decode: str):
+        from turngym.agents.decode_step import DecodeStep, supports
+
+        if decode not in ("auto", "compiled", "eager"):
+            raise ConfigError(f"HFPolicy: decode must be 'auto', 'compiled' or 'eager', got {decode!r}.")
+        why = supports(self.model) if decode != "eager" else "eager decode asked for"
+        if why is None and not self._kv_ok:
+            why = "the model's cache layers are not plain dynamic layers"
+        if why is not None and decode == "compiled":
+            raise ConfigError(f"HFPolicy: decode='compiled' cannot run this model: {why}. Use decode='auto' or 'eager'.")
+        return DecodeStep(self.model) if why is None else None
+
+    @property
+    def decode_compile_seconds(self) -> float:
+        """Wall seconds the compiled decode step spent compiling in this policy (0 when eager)."""
+        return self._step.compile_seconds if self._step is not None else 0.0
 
     @property
     def device(self):
@@ -451,11 +474,15 @@ class HFPolicy:
                     rows, tok, attn, next_pos, start = _compact(cache, rows, tok, attn, next_pos, first, buffered)
                     row_idx = torch.tensor(rows)
                     n_dead = 0
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-                out = self.model(input_ids=tok[:, None], attention_mask=attn[:, start:], position_ids=next_pos,
-                                 use_cache=True, **{self._cache_kw: cache})
-                cache = _out_cache(out)
-                logits = out.logits[:, -1, :].float()
+                if self._step is not None:
+                    logits = self._step(tok, next_pos[:, 0], attn[:, start:], cache).float()
+                    attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+                else:
+                    attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+                    out = self.model(input_ids=tok[:, None], attention_mask=attn[:, start:], position_ids=next_pos,
+                                     use_cache=True, **{self._cache_kw: cache})
+                    cache = _out_cache(out)
+                    logits = out.logits[:, -1, :].float()
                 next_pos = next_pos + 1
         return self._finish_batch(contexts, st, ids, lps, reasons, entries)
 

@@ -172,7 +172,8 @@ class AsyncRollout:
         model = copy.deepcopy(setup.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        behaviour = replace(setup, model=model, policy=HFPolicy(model, setup.tokenizer, seed=int(cfg.seed) + 1))
+        behaviour = replace(setup, model=model, policy=HFPolicy(model, setup.tokenizer, seed=int(cfg.seed) + 1,
+                                                                decode=cfg.decode))
 
         def default_sample(cfg_, s_, step):
             from turngym.trainers.grpo import step_seed

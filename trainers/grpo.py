@@ -193,6 +193,8 @@ def rollout_batch(cfg: TrainConfig, s: policy_setup.Setup, step: int, providers:
     if producer is None:
         trajs, extra = sample(cfg, s, step) if dist is None else dist.sample(cfg, s, step)  # DIST: this rank's groups
         extra |= {"perf/rollout_s": time.perf_counter() - t0, "perf/rollout_cpu_s": time.process_time() - c0}
+        if cfg.decode != "eager":
+            extra["perf/decode_compile_s"] = float(getattr(s.policy, "decode_compile_seconds", 0.0))
     else:  # sampled in the background, at most max_staleness versions old; async/* metrics
         trajs, extra = producer.get(step)
     metrics = sampling.rollout_metrics(trajs) | extra

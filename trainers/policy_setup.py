@@ -79,7 +79,7 @@ def setup(cfg: TrainConfig) -> Setup:
     renderer = Renderer(tok, prompt_tool_schemas(env))
     env.close()
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return Setup(model, tok, renderer, HFPolicy(model, tok), device, int(pad_id))
+    return Setup(model, tok, renderer, HFPolicy(model, tok, decode=cfg.decode), device, int(pad_id))
 
 
 def start_sampler(cfg: TrainConfig, s: Setup, run_dir: str | Path, *, message: Any = None) -> None:

@@ -143,6 +143,8 @@ METRICS: dict[str, str] = {
     "to CPU) or the vLLM engine (`load_weights`, generation_backend=vllm); about 0 when the HF sampler is the "
     "learner itself.",
     "perf/tokens_per_s": "Sampled tokens per second of rollout time (throughput shown on the progress bar).",
+    "perf/decode_compile_s": "Seconds the compiled decode step spent compiling so far (decode=auto/compiled; the "
+                             "first steps of a process).",
     "perf/train_tokens_per_s": "Tokens (prompt + actions + observations) trained per second of update time.",
     "perf/trajectories_per_s": "Trajectories per second of the whole step.",
     "perf/max_memory_mb": "Peak accelerator memory in MiB (CUDA only).",

@@ -3,18 +3,20 @@
 `HFPolicy` prefills with the model's own forward and decodes one token per row per step. For a small model that
 step is bound by per-op overhead: the transformers forward runs ~30 small kernels per layer, builds a mask and
 rotary tables, and dispatches each op from Python. `DecodeStep` is the same computation written as one function
-of plain tensors, compiled once per process with ``torch.compile`` (inductor: C++ on CPU, Triton and, with
-``mode="reduce-overhead"``, CUDA graphs on a GPU), so norms, rotary embedding, the attention reductions and the MLP
-fuse into a few kernels.
+of plain tensors, compiled once per process with ``torch.compile`` (inductor: C++ on CPU, Triton on a GPU), so
+norms, rotary embedding and the MLP fuse into a few kernels. CUDA graphs (``mode="reduce-overhead"``) are not the
+default: the attended length grows by one column every step, and a graph is recorded per shape.
 
 The function is pure: it reads the cached keys/values of the attended columns (views of the `BufferLayer`
-buffers, any length: shapes are dynamic, one compilation serves every batch size above 1 and every context
-length) and returns the logits and each layer's new key/value; the caller appends those to the cache. Attention
-of the new token is computed over the cached columns plus itself, without writing first, as two reductions that
-read each cached key and value once.
+buffers, any length: shapes are dynamic, so one compilation serves every batch size above 1 and every context
+length) and returns the logits and each layer's new key/value; the caller appends those to the cache. The new
+token attends over the cached columns and itself without being written first: on CPU PyTorch's attention kernel
+over the cached columns, merged with the new token's own score through the kernel's log-sum-exp; elsewhere two
+reductions that inductor fuses. Grouped-query heads attend as query positions of their key/value head (no copy).
 
-Supported: ``model.config.model_type == "llama"`` with the default rotary embedding, no attention / MLP bias,
-``silu`` activation (`supports` says why not). Anything else keeps the model's own forward.
+Supported (`supports` says why not): a plain ``LlamaForCausalLM`` (no LoRA or other wrapper) with the default
+rotary embedding, ``silu``, plain ``Linear`` projections and no bias. Anything else keeps the model's own forward.
+Measured in benchmarks/README.md ("Compiled decode step").
 """
 
 from __future__ import annotations
@@ -122,8 +124,7 @@ class DecodeStep:
     Args:
         model: A transformers Llama causal LM (`supports`).
         compile: Compile with ``torch.compile`` (False: run the same function eagerly).
-        mode: ``torch.compile`` mode (default: ``"reduce-overhead"``, CUDA graphs, on CUDA; inductor's default
-            elsewhere).
+        mode: ``torch.compile`` mode (default: inductor's default; see the module docstring on CUDA graphs).
         fused_attention: Attend with PyTorch's CPU attention kernel (default: on CPU) instead of two reductions.
 
     The compiled function is shared by every `DecodeStep` of the process (weights are its inputs, not constants),
@@ -142,7 +143,7 @@ class DecodeStep:
         self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         self.eps = float(cfg.rms_norm_eps)
         dev = next(model.parameters()).device
-        self.mode = mode if mode is not None else ("reduce-overhead" if dev.type == "cuda" else "default")
+        self.mode = mode if mode is not None else "default"
         self.fused = dev.type == "cpu" if fused_attention is None else bool(fused_attention)
         self.compile = bool(compile)
         self.compile_seconds = 0.0

@@ -174,10 +174,13 @@ class HFPolicy:
         legacy_decode: Use the decode loop from before issue 24 (the whole cache gathered on every finish,
             ``torch.multinomial`` over the full vocabulary). Kept for side-by-side benchmarks
             (``benchmarks/rollout.py --legacy``); it draws different tokens from the same seed.
-        decode: ``"compiled"``: decode steps run `turngym.agents.decode_step.DecodeStep` (one ``torch.compile``
-            of the whole step, once per process; a `ConfigError` when the model is not supported); ``"eager"``:
-            the model's own forward; ``"auto"``: compiled where supported, else eager. Prefill always runs the
-            model's forward. ``decode_compile_seconds`` says how long the compilation took.
+        decode: ``"eager"``: decode steps run the model's own forward; ``"step"``: they run
+            `turngym.agents.decode_step`'s function of plain tensors, not compiled; ``"compiled"``: the same
+            function through ``torch.compile`` (once per process); ``"auto"``: compiled where supported, else
+            eager. ``"step"`` and ``"compiled"`` raise a `ConfigError` for a model the function does not
+            support. Prefill always runs the model's forward. ``decode_compile_seconds`` says how long the
+            compilation took. All four give the same tokens (log-probs within 1e-4); speeds in
+            benchmarks/README.md ("Compiled decode step").
     """
 
     def __init__(
@@ -221,14 +224,15 @@ class HFPolicy:
     def _decode_step(self, decode: str):
         from turngym.agents.decode_step import DecodeStep, supports
 
-        if decode not in ("auto", "compiled", "eager"):
-            raise ConfigError(f"HFPolicy: decode must be 'auto', 'compiled' or 'eager', got {decode!r}.")
+        if decode not in ("auto", "compiled", "eager", "step"):
+            raise ConfigError(f"HFPolicy: decode must be 'auto', 'compiled', 'step' or 'eager', got {decode!r}.")
         why = supports(self.model) if decode != "eager" else "eager decode asked for"
         if why is None and not self._kv_ok:
             why = "the model's cache layers are not plain dynamic layers"
-        if why is not None and decode == "compiled":
-            raise ConfigError(f"HFPolicy: decode='compiled' cannot run this model: {why}. Use decode='auto' or 'eager'.")
-        return DecodeStep(self.model) if why is None else None
+        if why is not None and decode in ("compiled", "step"):
+            raise ConfigError(f"HFPolicy: decode={decode!r} cannot run this model: {why}. Use decode='auto' or "
+                              "'eager'.")
+        return DecodeStep(self.model, compile=decode != "step") if why is None else None
 
     @property
     def decode_compile_seconds(self) -> float:

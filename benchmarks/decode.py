@@ -7,7 +7,8 @@ For each batch size, the same random contexts (``--min-ctx`` to ``--max-ctx`` to
 observations) are sampled at T=1 with three decode paths of `HFPolicy`, in ABBA order per repeat:
 
 - ``eager``: the model's forward (transformers' Llama) for every decode step;
-- ``step``: `turngym.agents.decode_step`'s function, not compiled (what rewriting the step alone gives);
+- ``step``: `turngym.agents.decode_step`'s function, not compiled (what rewriting the step alone gives:
+  ``decode="step"``);
 - ``compiled``: the same function through ``torch.compile`` (inductor C++ on CPU).
 
 Decode rate = tokens after each row's first / (the call's wall time − its prefill forward): prefill, the same in
@@ -35,11 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _policy(model, tok, path: str):
     from turngym.agents import HFPolicy
 
-    pol = HFPolicy(model, tok, seed=0, prefix_cache=False, max_batch_size=1024,
-                   decode="eager" if path == "eager" else "compiled")
-    if path == "step":
-        pol._step.compile = False
-    return pol
+    return HFPolicy(model, tok, seed=0, prefix_cache=False, max_batch_size=1024, decode=path)
 
 
 class _Timed:

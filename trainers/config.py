@@ -120,9 +120,10 @@ class TrainConfig:
     """Torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N"."""
     dtype: Dtype = "auto"
     """Parameter dtype: "auto" is bfloat16 on GPU and float32 on CPU."""
-    decode: Literal["eager", "auto", "compiled"] = "eager"
-    """Rollout decode steps: "eager" (the model's forward), "compiled" (`turngym.agents.decode_step`, one
-    torch.compile per process; Llama-architecture models without LoRA), "auto" (compiled where supported)."""
+    decode: Literal["eager", "step", "compiled", "auto"] = "eager"
+    """Rollout decode steps: "eager" (the model's forward), "step" (`turngym.agents.decode_step`'s function,
+    not compiled), "compiled" (that function through torch.compile, once per process), "auto" (compiled where
+    supported, else eager). step / compiled: plain Llama-architecture models (no LoRA). Same tokens in all."""
     torch_threads: int | None = None
     """CPU threads for torch (`torch.set_num_threads`); none keeps torch's default."""
     seed: int = 0

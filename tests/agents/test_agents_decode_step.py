@@ -84,7 +84,8 @@ def test_grouped_query_attention_and_both_attention_paths(tiny, fused):
     assert supports(model) is None
     ctx = _contexts(6, seed=1)
     eager = HFPolicy(model, tok, seed=1, decode="eager").generate(ctx, PARAMS)
-    pol = HFPolicy(model, tok, seed=1, decode="compiled")
+    pol = HFPolicy(model, tok, seed=1, decode="step")
+    assert not pol._step.compile
     pol._step = DecodeStep(model, compile=False, fused_attention=fused)
     _same(eager, pol.generate(ctx, PARAMS))
 
@@ -99,8 +100,9 @@ def test_unsupported_models_fall_back_to_the_eager_forward(tiny):
     assert pol._step is None and pol.decode_compile_seconds == 0.0
     out = pol.generate(_contexts(3), SamplingParams(max_new_tokens=4))
     assert all(len(s.ids) >= 1 for s in out)
-    with pytest.raises(ConfigError, match="decode='compiled' cannot run this model: model type 'gpt2'"):
-        HFPolicy(gpt2, tok, decode="compiled")
+    for decode in ("compiled", "step"):
+        with pytest.raises(ConfigError, match=f"decode='{decode}' cannot run this model: model type 'gpt2'"):
+            HFPolicy(gpt2, tok, decode=decode)
     # a Llama whose output layer has a bias is not supported either
     biased = _small_llama(tok, kv_heads=4)
     biased.lm_head = torch.nn.Linear(64, len(tok), bias=True)

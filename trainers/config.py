@@ -64,7 +64,7 @@ class TrainConfig:
 
     SECTIONS: ClassVar[Mapping[str, tuple[str, tuple[str, ...]]]] = {
         "env": ("Environment", ("env_id", "env_imports", "env_kwargs", "max_turns")),
-        "model": ("Model", ("model", "model_size", "lora", "lora_r", "lora_alpha", "lora_dropout", "device", "dtype",
+        "model": ("Model", ("model", "model_size", "lora", "lora_r", "lora_alpha", "lora_dropout", "device", "dtype", "decode",
                             "torch_threads", "seed", "cache_dir")),
         "algorithm": ("Algorithm", (
             "algo", "credit", "credit_overrides", "signal_overrides", "judge_url", "judge_model", "judge_temperature",

@@ -16,6 +16,7 @@ read before and after each run.
     python benchmarks/rollout.py --legacy --repeats 2   # new vs legacy side by side (the README table)
     python benchmarks/rollout.py --profile              # cProfile shares of the batched path (new and legacy)
     python benchmarks/rollout.py --eot-bias 3 --sweep-compaction 0,0.1,0.25,0.5,1 --repeats 2   # compaction threshold
+    python benchmarks/rollout.py --decode step --repeats 2   # turngym's decode step vs the model's forward
     python benchmarks/rollout.py --n-envs 8 --group 2 --sequential-n 4   # quick
 
 Reports trajectories/s, sampled tokens/s, the speed-ups, and the share of wall time spent stepping envs
@@ -41,11 +42,11 @@ PROFILE_ROWS = {
 }
 
 
-def _policy(model, tok, legacy: bool, max_batch_size: int, compact_dead_share: float | None):
+def _policy(model, tok, legacy: bool, max_batch_size: int, compact_dead_share: float | None, decode: str = "eager"):
     from turngym.agents import HFPolicy
 
     kw = {} if compact_dead_share is None else {"compact_dead_share": compact_dead_share}
-    return HFPolicy(model, tok, seed=0, max_batch_size=max_batch_size, legacy_decode=legacy, **kw)
+    return HFPolicy(model, tok, seed=0, max_batch_size=max_batch_size, legacy_decode=legacy, decode=decode, **kw)
 
 
 def _eot_biased(model, tok, bias: float):
@@ -88,7 +89,7 @@ def _profile_shares(prof) -> dict[str, float]:
 def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_turns: int | None, threads: int,
         size: str, max_batch_size: int, device: str | None, cache_dir: str | None, legacy: bool = False,
         repeats: int = 1, profile: bool = False, compact_dead_share: float | None = None, eot_bias: float = 0.0,
-        sweep: list[float] | None = None) -> dict:
+        sweep: list[float] | None = None, decode: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -101,8 +102,8 @@ def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_tur
     params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
     seeds = list(range(n_envs))
 
-    def go(seeds_, g, max_concurrent, legacy_, prof=None, share=compact_dead_share):
-        pol = _policy(model, tok, legacy_, max_batch_size, share)
+    def go(seeds_, g, max_concurrent, legacy_, prof=None, share=compact_dead_share, decode_="eager"):
+        pol = _policy(model, tok, legacy_, max_batch_size, share, decode_)
         load0 = os.getloadavg()[0]
         if prof is not None:
             prof.enable()
@@ -114,12 +115,14 @@ def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_tur
 
     for lg in ([True, False] if (legacy or profile) else [False]):
         go(seeds[:2], 1, None, lg)  # warm-up (imports, env world, first forward)
+    if decode:
+        go(seeds[:2], 2, None, False, decode_=decode)  # warm-up, and the compilation of decode="compiled"
     out: dict = {"config": {"env": env_id, "n_envs": n_envs, "group": group, "max_new_tokens": max_new_tokens,
                             "max_turns": max_turns, "threads": threads, "size": size, "max_batch_size": max_batch_size,
                             "device": device or "cpu", "params": sum(p.numel() for p in model.parameters()),
                             "cpu": platform.processor() or platform.machine(), "repeats": repeats,
                             "compact_dead_share": _policy(model, tok, False, 1, compact_dead_share).compact_dead_share,
-                            "cpus": os.cpu_count(), "eot_bias": eot_bias}}
+                            "cpus": os.cpu_count(), "eot_bias": eot_bias, "decode": decode}}
     if sweep:
         rows: dict[float, dict] = {}
         for rep in range(repeats):
@@ -145,12 +148,14 @@ def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_tur
     n_seq_seeds = max(1, sequential_n // group)
     modes = [("batched", None, seeds), ("sequential", 1, seeds[:n_seq_seeds])]
     paths = [("legacy", True), ("new", False)] if legacy else [("new", False)]
+    if decode:
+        paths.append((decode, False))
     acc: dict[str, dict] = {}
     for mode, max_conc, seeds_ in modes:
         for rep in range(repeats):
             order = paths if rep % 2 == 0 else paths[::-1]  # ABBA: load drift hits both paths alike
             for pname, lg in order:
-                trajs, st, loads = go(seeds_, group, max_conc, lg)
+                trajs, st, loads = go(seeds_, group, max_conc, lg, decode_=pname if pname == decode else "eager")
                 a = acc.setdefault(f"{mode}_{pname}", {"trajectories": 0, "turns": 0, "sampled_tokens": 0, "wall_s": 0.0,
                                                       "generate_s": 0.0, "env_s": 0.0, "render_s": 0.0, "setup_s": 0.0,
                                                       "rounds": 0, "loads": []})
@@ -170,6 +175,10 @@ def run(n_envs: int, group: int, sequential_n: int, max_new_tokens: int, max_tur
         }
     for pname, _ in paths:
         out[f"speedup_{pname}"] = out[f"batched_{pname}"]["traj_per_s"] / out[f"sequential_{pname}"]["traj_per_s"]
+    if decode:
+        out["decode_vs_new_batched_tok_per_s"] = out[f"batched_{decode}"]["tok_per_s"] / out["batched_new"]["tok_per_s"]
+        out["decode_vs_new_sequential_tok_per_s"] = (out[f"sequential_{decode}"]["tok_per_s"]
+                                                     / out["sequential_new"]["tok_per_s"])
     if legacy:
         out["new_vs_legacy_batched_tok_per_s"] = out["batched_new"]["tok_per_s"] / out["batched_legacy"]["tok_per_s"]
         out["new_vs_legacy_sequential_tok_per_s"] = (out["sequential_new"]["tok_per_s"]
@@ -205,7 +214,7 @@ def markdown(r: dict) -> str:
              ("| path | mode | trajectories | sampled tokens | wall s | traj/s | tok/s | generate | env+tools | render "
               "| load (1 min) |"),
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name in ("batched_new", "batched_legacy", "sequential_new", "sequential_legacy"):
+    for name in [f"{m}_{p}" for m in ("batched", "sequential") for p in ("new", "legacy", "step", "compiled")]:
         if name not in r:
             continue
         m = r[name]
@@ -221,6 +230,10 @@ def markdown(r: dict) -> str:
         lines.append(f"Speed-up (trajectories/s, batched / one at a time), legacy path: {r['speedup_legacy']:.1f}x")
         lines.append(f"Batched sampled tokens/s, new / legacy: **{r['new_vs_legacy_batched_tok_per_s']:.2f}x**; "
                      f"one at a time: {r['new_vs_legacy_sequential_tok_per_s']:.2f}x")
+    if "decode_vs_new_batched_tok_per_s" in r:
+        lines.append(f"Sampled tokens/s, decode={c['decode']} / eager (both with the new loop): batched "
+                     f"**{r['decode_vs_new_batched_tok_per_s']:.2f}x**, one at a time "
+                     f"{r['decode_vs_new_sequential_tok_per_s']:.2f}x")
     return "\n".join(lines)
 
 
@@ -244,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="add this to the end-of-turn logit (actions of varied lengths, like a trained policy's)")
     ap.add_argument("--sweep-compaction", default=None,
                     help="comma-separated compact_dead_share values: batched new path only, one row each")
+    ap.add_argument("--decode", choices=["step", "compiled"], default=None,
+                    help="also run HFPolicy(decode=...) with the new loop, side by side with the eager decode step")
     ap.add_argument("--json", default=None, help="also write the raw numbers to this file")
     a = ap.parse_args(argv)
     t0 = time.time()
     r = run(a.n_envs, a.group, a.sequential_n, a.max_new_tokens, a.max_turns, a.threads, a.size, a.max_batch_size,
             a.device, a.cache_dir, legacy=a.legacy, repeats=a.repeats, profile=a.profile,
             compact_dead_share=a.compact_dead_share, eot_bias=a.eot_bias,
-            sweep=[float(x) for x in a.sweep_compaction.split(",")] if a.sweep_compaction else None)
+            sweep=[float(x) for x in a.sweep_compaction.split(",")] if a.sweep_compaction else None, decode=a.decode)
     print(markdown(r))
     print(f"\n(total {time.time() - t0:.0f}s)")
     if a.json:

@@ -222,3 +222,13 @@ def test_searchteam_failures_sorts_episodes_by_what_went_wrong_first():
     for want, (s, a) in cases.items():
         assert failures.classify(s, a) == want
     assert failures.notes_of(cases["success"][0]) == "rosa brenn"
+
+
+def test_rollout_benchmark_runs_the_decode_step_beside_the_eager_forward():
+    """`benchmarks/rollout.py --decode step`: both arms sample the same tokens (the step changes speed only)."""
+    rollout = load_script("rollout")
+    r = rollout.run(2, 2, 2, 6, 2, 1, "1m", 8, None, None, decode="step")
+    for mode in ("batched", "sequential"):
+        assert r[f"{mode}_step"]["sampled_tokens"] == r[f"{mode}_new"]["sampled_tokens"] > 0
+    assert r["decode_vs_new_batched_tok_per_s"] > 0
+    assert "decode=step / eager" in rollout.markdown(r)

@@ -110,9 +110,11 @@ class GroupBatch:
         ref_logprobs: ``[B, L]`` or None (filled by the trainer).
         values: ``[B, L]`` critic values or None (filled by the trainer, PPO only).
         outcome: ``[B]`` float32; NaN where unavailable.
-        has_answer: ``[B]`` bool; the trajectory produced a final answer, or its env ended it with an outcome
-            (``stop_reason == "terminated"``: a game won or lost by a move). False for episodes cut by the turn or
-            token budget or an env error: those are the "no answer" that IGPO's ``format_fail_reward`` penalises.
+        has_answer: ``[B]`` bool; the trajectory produced a final answer (text SIOP clusters, SLATE's answer
+            turn).
+        ended: ``[B]`` bool or None; the env ended the episode (``stop_reason == "terminated"``): an answer, or a
+            game won or lost by a move. False for episodes cut by the turn or token budget or an env error. See
+            `scored`.
         turn_signals: name -> ``[B, K]`` float32, NaN where missing (numeric ``Turn.signals`` only).
         prompt_signals: name -> ``[B]`` float32 from ``Trajectory.meta["prompt_signals"]``, NaN where missing.
         token_features: name -> ``[B, L, ...]`` per-token tensors filled by the trainer or a provider (e.g. DelTA's
@@ -138,6 +140,7 @@ class GroupBatch:
     prompt_ids: Tensor
     prompt_mask: Tensor
     has_answer: Tensor
+    ended: Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     values: Tensor | None = None
@@ -204,6 +207,14 @@ class GroupBatch:
         return self.turn_mask.sum(1)
 
     @property
+    def scored(self) -> Tensor:
+        """``[B]`` bool: the episode ended with an outcome to credit, ``has_answer | ended`` (``has_answer`` when
+        built by hand without ``ended``). What IGPO's ``format_fail_reward`` (False: "no answer", -2), PURE's
+        verifiable reward and LaRe's decoder target test: a game won by a move has no answer text but an
+        outcome, and counting it as unanswered removes the outcome signal from every episode of a game env."""
+        return self.has_answer if self.ended is None else self.has_answer | self.ended
+
+    @property
     def last_turn_index(self) -> Tensor:
         """``[B]`` index of each row's last turn (−1 for rows without turns)."""
         return self.num_turns - 1
@@ -265,6 +276,7 @@ class GroupBatch:
             ("outcome", self.outcome, (b,)),
             ("turn_rewards", self.turn_rewards, (b, k)),
             ("has_answer", self.has_answer, (b,)),
+            *([("ended", self.ended, (b,))] if self.ended is not None else []),
             *([("anchor_ids", self.anchor_ids, (b, k))] if self.anchor_ids is not None else []),
         ]:
             if tuple(t.shape) != shape:
@@ -320,7 +332,7 @@ class GroupBatch:
         row_len: list[int] = []
         tmask_l, tlast_l, trew_l, pids_l, pmask_l, tlen_l, anc_l = [], [], [], [], [], [], []
         anchors: dict[tuple[int, Any], int] = {}
-        outcome_l, ans_l, gidx_l = [], [], []
+        outcome_l, ans_l, end_l, gidx_l = [], [], [], []
         sig_rows: dict[str, list[list[float]]] = {}
         psig_rows: dict[str, list[float]] = {}
         groups: dict[str, int] = {}
@@ -332,7 +344,8 @@ class GroupBatch:
             pids_l.append([pad_id] * pad + list(t.prompt_ids))
             pmask_l.append([False] * pad + [True] * len(t.prompt_ids))
             outcome_l.append(float(t.outcome) if t.outcome is not None and _is_number(t.outcome) else nan)
-            ans_l.append(t.final_answer is not None or t.stop_reason == "terminated")
+            ans_l.append(t.final_answer is not None)
+            end_l.append(t.stop_reason == "terminated")
             for n, v in (t.meta.get(PROMPT_SIGNALS_KEY) or {}).items():
                 if _is_number(v):
                     psig_rows.setdefault(n, [nan] * b)[i] = float(v)
@@ -412,7 +425,8 @@ class GroupBatch:
         batch = cls(
             response_ids=resp, attention_mask=attn, action_mask=act, turn_id=tid, turn_mask=tmask,
             turn_last=tlast, group_index=gidx, outcome=outcome, turn_rewards=trew, prompt_ids=pids,
-            prompt_mask=pmask, has_answer=has_answer, old_logprobs=lp if have_lp else None,
+            prompt_mask=pmask, has_answer=has_answer, ended=torch.tensor(end_l, dtype=torch.bool),
+            old_logprobs=lp if have_lp else None,
             turn_signals=tsig, prompt_signals=psig, trajectories=trajs, pad_id=pad_id,
             anchor_ids=torch.tensor(anc_l, dtype=torch.long),
         )

@@ -49,7 +49,7 @@ class IGPOConfig:
     """Discount across turns."""
     format_fail_reward: float | None = -2.0
     """Outcome used for trajectories without a final answer (IGPO: −2); None keeps ``outcome``. An episode its env
-    ended (a game won or lost by a move: `GroupBatch.has_answer`) keeps its outcome."""
+    ended (a game won or lost by a move: `GroupBatch.scored`) keeps its outcome."""
     w_outcome: float = 1.0
     """Curriculum weight on the raw outcome (1.0 = off)."""
     w_ig: float = 1.0
@@ -135,7 +135,7 @@ def _probe(batch: GroupBatch, name: str, who: str) -> tuple[Tensor, Tensor]:
 def _outcome(batch: GroupBatch, format_fail_reward: float | None) -> Tensor:
     out = batch.outcome.float()
     if format_fail_reward is not None:
-        out = torch.where(batch.has_answer, out, torch.full_like(out, float(format_fail_reward)))
+        out = torch.where(batch.scored, out, torch.full_like(out, float(format_fail_reward)))
     return out
 
 

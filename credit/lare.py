@@ -105,7 +105,7 @@ def lare_proxy_rewards(batch: GroupBatch, cfg: LaReConfig) -> tuple[Tensor, dict
     m = batch.turn_mask.bool()
     b, k = m.shape
     outcome = batch.outcome.double()
-    no_target = ~batch.has_answer.bool() | ~torch.isfinite(outcome)
+    no_target = ~batch.scored.bool() | ~torch.isfinite(outcome)
     target = torch.where(no_target, torch.zeros_like(outcome), outcome)  # [B]
     last = batch.last_turn_index.clamp(min=0)
     fallback = cfg.reward_signal not in batch.turn_signals

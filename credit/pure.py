@@ -217,7 +217,7 @@ def pure(batch: GroupBatch, cfg: PUREConfig) -> CreditOutput:
     verifiable = None
     if cfg.vr_coef != 0:
         v = batch.outcome.double() - 1.0
-        verifiable = torch.where(batch.has_answer.bool(), v, torch.full_like(v, float("nan")))
+        verifiable = torch.where(batch.scored.bool(), v, torch.full_like(v, float("nan")))
     klp = None
     if cfg.kl_coef > 0:
         if batch.old_logprobs is None or batch.ref_logprobs is None:

@@ -256,23 +256,24 @@ class LatentRewardDecoder:
         z = self._latents(batch)
         if z is None:
             return {}
-        added = self.add(z, batch.turn_mask, batch.outcome, batch.has_answer)
+        added = self.add(z, batch.turn_mask, batch.outcome, batch.scored)
         loss = self.train_steps(self.cfg.updates_per_step)
         m = {"buffer": float(len(self.buffer_r)), "added": float(added), "updates": float(self.updates),
              "update_s": time.perf_counter() - t0}
         return m | ({} if math.isnan(loss) else {"loss": loss})  # no loss while the buffer is empty
 
     # ------------------------------------------------------------------ buffer and training
-    def add(self, z: Tensor, turn_mask: Tensor, outcome: Tensor, has_answer: Tensor | None = None) -> int:
-        """Append rows ``(z[i, :T_i], R_i)`` with a target (finite outcome, an answer, ≥ 1 turn); returns how many."""
+    def add(self, z: Tensor, turn_mask: Tensor, outcome: Tensor, scored: Tensor | None = None) -> int:
+        """Append rows ``(z[i, :T_i], R_i)`` with a target (finite outcome, ``scored``: an answer or an episode its
+        env ended, `GroupBatch.scored`; ≥ 1 turn); returns how many."""
         if self.net is None:
             self._build(int(z.shape[-1]))
         z = torch.nan_to_num(z.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
         m = turn_mask.bool().cpu()
         ret = outcome.detach().double().cpu()
         ok = torch.isfinite(ret) & m.any(1)
-        if has_answer is not None:
-            ok &= has_answer.bool().cpu()
+        if scored is not None:
+            ok &= scored.bool().cpu()
         n = 0
         for i in torch.nonzero(ok).flatten().tolist():
             self.buffer_z.append(z[i][m[i]].clone())

@@ -294,8 +294,8 @@ def test_a_game_won_by_moves_is_not_a_missing_answer_for_credit():
     """A TextWorld game ends by a move, not an answer: credit must see the outcome, not IGPO's "no answer" -2.
 
     Two scripted episodes of one game and group, one won in 5 moves, one cut by the 4-turn budget. Before
-    `GroupBatch.has_answer` counted a terminated episode as answered, both got IGPO's format-fail outcome -2 and
-    the same advantage: the won game was not credited at all."""
+    `GroupBatch.scored` (an answer, or an episode its env ended), both got IGPO's format-fail outcome -2 and the
+    same advantage: the won game was not credited at all."""
     from turngym.agents import Renderer, ScriptedPolicy, collect_rollouts
     from turngym.agents.tiny import build_tokenizer
     from turngym.credit import GroupBatch, assign_credit
@@ -311,7 +311,8 @@ def test_a_game_won_by_moves_is_not_a_missing_answer_for_credit():
         for turn in t.turns[:-1]:
             turn.signals["probe_score"] = -1.0
     batch = GroupBatch.from_trajectories([won, cut], pad_id=tok.pad_token_id)
-    assert batch.has_answer.tolist() == [True, False]
+    assert batch.has_answer.tolist() == [False, False]  # no answer text (SIOP has nothing to cluster)
+    assert batch.scored.tolist() == [True, False]  # but the won game has an outcome
     adv = assign_credit("igpo", batch).advantages
     last_won, last_cut = adv[0, batch.turn_last[0, 4]], adv[1, batch.turn_last[1, 3]]
     assert last_won > 0 > last_cut

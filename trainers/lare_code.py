@@ -22,7 +22,7 @@ env's reply to the previous action); the action is the turn's action text.
 
 **Sandbox.** Model-written code runs only in `turngym.tools.sandbox`: bwrap where it works (read-only root, private
 tmpfs, no network, own PID namespace, rlimits, per-call uid and memory cgroup as root), else the subprocess backend
-with its rlimits; a wall-clock limit per call (``exec_timeout_s``) and a per-turn alarm (``turn_timeout_s``) inside
+with its rlimits and a network namespace of its own per call (refused where none can be made); a wall-clock limit per call (``exec_timeout_s``) and a per-turn alarm (``turn_timeout_s``) inside
 it, so a function that loops forever is killed. The harness uses the system ``python3`` and the standard library.
 
 **Without a judge** (no ``judge_url``) the provider uses `RULE_CODE`, a fixed latent-reward function of ours for the
@@ -218,13 +218,14 @@ else:
 
 def make_lare_sandbox() -> Any:
     """The strongest sandbox that works here: bwrap (no network, read-only root, private tmpfs, own PID namespace),
-    else the subprocess backend with its rlimits (and, as root, a per-call uid and memory cgroup)."""
+    else the subprocess backend with its rlimits, a network namespace of its own per call (it refuses to start
+    where it cannot make one) and, as root, a per-call uid and memory cgroup."""
     from turngym.tools.sandbox import bwrap_available, make_sandbox
 
     limits = {"memory_mb": 512, "max_procs": 16, "max_file_mb": 1, "max_output_bytes": 32_000_000}
     if bwrap_available():
         return make_sandbox("bwrap", **limits)
-    return make_sandbox("subprocess", allow_rlimit_memory=True, **limits)
+    return make_sandbox("subprocess", allow_rlimit_memory=True, network=False, **limits)
 
 
 def run_latent_code(sandbox: Any, code: str, states: Sequence[Any], actions: Sequence[str], *, mode: str = "eval",

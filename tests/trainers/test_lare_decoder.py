@@ -516,3 +516,17 @@ def test_no_loss_is_reported_while_the_buffer_is_empty():
     m = dec.after_credit(b, None, 0)
     assert "loss" not in m and m["buffer"] == 0.0 and dec.updates == 0
     assert dec.before_credit(b, 1) == {"warmup": 1.0}  # still untrained: the credit keeps the outcome
+
+
+def test_without_bwrap_generated_code_runs_with_the_network_cut(monkeypatch):
+    import turngym.tools.sandbox as sandboxes
+    from turngym.tools.sandbox.hostile import HostContext
+
+    monkeypatch.setattr(sandboxes, "bwrap_available", lambda: False)  # the fallback, also where bwrap exists
+    with HostContext() as ctx, make_lare_sandbox() as sb:
+        assert sb.kind == "subprocess" and sb.network is False
+        code = ("import socket\ndef evaluation_func(observation, action):\n    try:\n"
+                f"        socket.create_connection(('127.0.0.1', {ctx.port}), timeout=0.5); net = 1.0\n"
+                "    except OSError:\n        net = 0.0\n    return [[[net] for _ in action]]\n")
+        res = run_latent_code(sb, code, ["s"], ["a"], mode="eval", n_factors=1, timeout_s=10)
+        assert res["z"] == [[0.0]] and ctx.connections == 0

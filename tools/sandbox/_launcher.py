@@ -4,13 +4,15 @@ It runs in the child process between fork and the snippet, in this order:
 
 1. ``cgroup_procs`` (when given, as root): writes its own pid there, so it and everything it starts
    stays in the call's memory cgroup (an unprivileged process cannot move out).
-2. ``private`` (when given, as root): unshares a mount and an IPC namespace, makes every mount private,
+2. ``private`` (when given, as root): unshares a mount and an IPC namespace (and a network namespace when
+   ``netns`` is set), makes every mount private,
    and mounts a fresh size-capped tmpfs (``size`` bytes, mode 1777) over ``/tmp``, ``/var/tmp`` and
    every world-writable tmpfs mount point (``/dev/shm``, ``/run/lock``, ...), so nothing the snippet
    leaves there (files, SysV/POSIX shared memory) outlives the call or is seen by other calls. It then
    creates ``workdir`` in the new ``/tmp`` (owned by the sandbox uid, 0700), copies ``script_src`` (a
    root-only host file) to ``script_dst`` inside it with ``O_CREAT|O_EXCL|O_NOFOLLOW``, and changes
    into it. No sandbox process exists yet in these namespaces, so nothing can race these steps.
+   ``netns`` without ``private`` (not root): unshares a user and a network namespace, or fails.
 3. Drops root to ``uid``/``gid`` (when asked and when root), sets the rlimits, ``execv``s ARGV.
 
 Doing this in a separate interpreter instead of ``Popen(preexec_fn=...)`` keeps it safe when the host is
@@ -18,7 +20,7 @@ multi-threaded. ``nproc_extra`` sets RLIMIT_NPROC to (processes the target uid a
 nproc_extra, because NPROC counts every process of that uid on the machine.
 
 CONFIG_JSON: ``{"uid", "gid", "rlimits": [[NAME, VALUE], ...], "nproc_extra", "cgroup_procs",
-"private": {"size", "workdir", "script_src", "script_dst"}, "nonce"}`` (all optional). A setup failure
+"private": {"size", "workdir", "script_src", "script_dst"}, "netns", "nonce"}`` (all optional). A setup failure
 exits 125 with ``sandbox launcher [NONCE]: ...`` on stderr (the snippet never sees the nonce, so it
 cannot fake one).
 """
@@ -57,7 +59,8 @@ if priv:
     def check(rc, what):
         if rc != 0:
             fail("%s: %s" % (what, os.strerror(ctypes.get_errno())))
-    check(libc.unshare(0x00020000 | 0x08000000), "unshare(mount, ipc)")  # CLONE_NEWNS | CLONE_NEWIPC
+    netns = 0x40000000 if cfg.get("netns") else 0  # CLONE_NEWNET: no interface but a loopback that is down
+    check(libc.unshare(0x00020000 | 0x08000000 | netns), "unshare(mount, ipc%s)" % (", net" if netns else ""))
     check(libc.mount(b"none", b"/", None, 16384 | 262144, None), "make mounts private")  # MS_REC | MS_PRIVATE
     targets = ["/tmp", "/var/tmp"]
     with open("/proc/self/mountinfo") as f:
@@ -86,6 +89,12 @@ if priv:
     os.close(fd)
     os.fchdir(dfd)
     os.close(dfd)
+
+elif cfg.get("netns"):  # not root: a user namespace of its own makes a network namespace possible
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
+        fail("unshare(user, net): %s" % os.strerror(ctypes.get_errno()))
 
 if os.geteuid() == 0 and uid is not None:
     os.setgroups([])

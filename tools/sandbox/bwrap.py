@@ -77,7 +77,8 @@ class BwrapSandbox(SubprocessSandbox):
         limits: Base `SandboxLimits`.
         bwrap: Path to the ``bwrap`` binary (default: found on PATH).
         python: Interpreter inside the sandbox (default: the system ``python3``).
-        **kwargs: ``uid_slots``, ``allow_rlimit_memory`` (see `SubprocessSandbox`) and `SandboxLimits` fields.
+        **kwargs: ``uid_slots``, ``allow_rlimit_memory`` (see `SubprocessSandbox`), ``network=False`` (what bwrap
+            always does; True is refused) and `SandboxLimits` fields.
 
     Raises:
         SandboxError: When ``bwrap`` is not installed, or ``memory_mb`` cannot be enforced by a cgroup.
@@ -96,7 +97,14 @@ class BwrapSandbox(SubprocessSandbox):
         self.bwrap = bwrap or shutil.which("bwrap")
         if not self.bwrap:
             raise SandboxError(f"The bwrap sandbox needs the 'bwrap' binary, which is not on PATH. {_HOWTO}")
+        if kwargs.pop("network", False):
+            raise SandboxError("The bwrap sandbox always runs without network (--unshare-all); network=True is "
+                               "not an option of it. Use the subprocess backend for code that needs the host's network.")
         super().__init__(limits, python=python, **kwargs)
+        self.network = False
+
+    def _launch_config(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return super()._launch_config(*args, **kwargs) | {"netns": False}  # bwrap unshares the network itself
 
     def _binds(self) -> list[str]:
         """Read-only binds of only what the interpreter needs (no /run, /var, /home, /tmp: no host sockets)."""

@@ -296,7 +296,7 @@ def _both(a: Check, b: Check) -> Check:
     return check
 
 
-_NO_NET = "no network isolation: the subprocess backend shares the host's network namespace"
+_NO_NET = "no network isolation: the subprocess backend shares the host's network namespace (unless network=False)"
 
 HOSTILE_CASES: list[HostileCase] = [
     # --- time

@@ -13,8 +13,10 @@ What it does for each run:
   environment marker, the only sweep when the host is not root).
 
 Where no writable memory cgroup exists (host not root) it refuses to start unless
-``allow_rlimit_memory=True``. What it does NOT do: network isolation (loopback services and host unix
-sockets outside the private tmpfs are reachable), a private view of the rest of the filesystem
+``allow_rlimit_memory=True``. With ``network=False`` every call gets a network namespace of its own (as
+root; otherwise through a user namespace, and the backend refuses to start where none can be made). What it
+does NOT do: network isolation by default (loopback services and host unix sockets outside the private tmpfs
+are reachable; with ``network=False``, host unix sockets on the filesystem still are), a private view of the rest of the filesystem
 (world-readable host files are readable), or protection when the host is not root (the snippet runs as
 the same user as the host). Use ``bwrap`` or ``docker`` for untrusted code.
 """
@@ -125,11 +127,15 @@ class SubprocessSandbox(Sandbox):
             (at most this many calls at once on the machine; more wait for a free uid).
         allow_rlimit_memory: Where no writable memory cgroup exists (host not root), accept RLIMIT_AS as
             the only memory bound instead of refusing (it does not bound /dev/shm, memfd or tmpfs pages).
+        network: False runs every call in a network namespace of its own (no interface but a loopback that
+            is down: no host, loopback or abstract-socket service is reachable). As root that is part of the
+            call's private namespaces; otherwise it needs unprivileged user namespaces, checked here.
         **overrides: `SandboxLimits` fields.
 
     Raises:
         SandboxError: When ``memory_mb`` cannot be enforced by a cgroup here and ``allow_rlimit_memory``
-            is not set (also ``TURNGYM_SANDBOX_ALLOW_RLIMIT_MEMORY=1``).
+            is not set (also ``TURNGYM_SANDBOX_ALLOW_RLIMIT_MEMORY=1``); when ``network=False`` cannot be
+            given here (not root and no user namespaces).
     """
 
     kind = "subprocess"
@@ -141,16 +147,22 @@ class SubprocessSandbox(Sandbox):
         python: str | None = None,
         uid_slots: int = 64,
         allow_rlimit_memory: bool = False,
+        network: bool = True,
         **overrides: Any,
     ):
         super().__init__(limits, **overrides)
         if not (isinstance(uid_slots, int) and uid_slots >= 1):
             raise SandboxError(f"uid_slots must be a positive integer, got {uid_slots!r}.")
+        if not isinstance(network, bool):
+            raise SandboxError(f"network must be True or False, got {network!r}.")
         self.uid_slots = uid_slots
+        self.network = network
         self._root = os.geteuid() == 0
         self._drop = self._root and self.limits.uid is not None
         self._use_cgroup = refuse_without_cgroup(self.kind, allow_rlimit_memory)
         self.python = python or find_python(self.limits.uid)
+        if not network and not self._root:
+            _check_user_netns()
 
     def _env(self, home: str, marker: str) -> dict[str, str]:
         return {
@@ -174,6 +186,7 @@ class SubprocessSandbox(Sandbox):
             "rlimits": rlimit_config(self.limits, timeout_s),
             "nproc_extra": self.limits.max_procs,
             "cgroup_procs": cgroup.procs_file if cgroup else None,
+            "netns": not self.network,
             "nonce": uuid.uuid4().hex,
         }
 
@@ -273,6 +286,20 @@ class SubprocessSandbox(Sandbox):
             timed_out=reason == "timeout",
             killed_reason=killed,
             duration_s=dt,
+        )
+
+
+def _check_user_netns() -> None:
+    """Refuse ``network=False`` where an unprivileged process cannot get a network namespace of its own."""
+    cfg = json.dumps({"netns": True, "nonce": "check"})
+    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER_SOURCE, cfg, "--", sys.executable, "-I", "-S", "-c", "0"]
+    res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    if res.returncode != 0:
+        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
+        raise SandboxError(
+            "The subprocess sandbox cannot cut the network here: it runs as a normal user and cannot create a "
+            f"user + network namespace ({why}). Install bubblewrap (make_sandbox('bwrap')), use docker, run "
+            "as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)."
         )
 
 

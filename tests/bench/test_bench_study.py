@@ -245,3 +245,43 @@ def test_finished_runs_are_not_rerun(tmp_path, tiny_setup):
     assert again["reused"] and again["final_eval"] == first["final_eval"]
     changed = dict(spec, config=spec["config"].replace(lr=1e-4))  # another setting: trained again
     assert not run_one(changed).get("reused")
+
+
+def test_set_overrides_reach_the_warm_start_and_every_run(tmp_path):
+    from turngym.bench.study import base_config, build_parser, config_from_args
+
+    args = build_parser().parse_args(["--mode", "powered", "--envs", "text/TextWorld-Long-v0", "--out", str(tmp_path),
+                                      "--set", "model=/ckpt/short", "--set", "env_kwargs.max_turns=24",
+                                      "--set", "max_traj_tokens=2048", "--pretrain-steps", "0"])
+    cfg = config_from_args(args)
+    warm = base_config(cfg, "text/TextWorld-Long-v0")
+    # the warm start fine-tunes the given model; a dotted entry keeps the env's other settings
+    assert warm.model == "/ckpt/short" and warm.pretrain_steps == 0
+    assert warm.env_kwargs == {"list_commands": True, "max_turns": 24} and warm.max_traj_tokens == 2048
+    run = run_config(cfg, "text/TextWorld-Long-v0", "gigpo", 1, tmp_path / "sft")
+    assert run.model == str(tmp_path / "sft") and run.sft_steps == 0  # a run starts from the warm start
+    assert run.env_kwargs == warm.env_kwargs and run.max_traj_tokens == 2048
+
+
+def test_bad_set_override_is_rejected_before_any_work(tmp_path, capsys):
+    rc = cli.main(["bench", "study", "--quick", "--set", "max_traj_tokns=1", "--out", str(tmp_path / "s")])
+    assert rc != 0 and "max_traj_tokens" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sft_only_builds_a_warm_start_on_another_checkpoint_and_stops(tmp_path, tiny_setup, capsys):
+    base = tiny_setup[1].model  # a saved warm start, as a short game's would be for its long preset
+    out = tmp_path / "s"
+    rc = cli.main(["bench", "study", "--quick", "--sft-only", "--out", str(out), "--set", f"model={base}",
+                   "--pretrain-steps", "0", "--sft-steps", "2", "--sft-episodes", "4", "--max-new-tokens", "24"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    warm = out / "sft" / "search_HopQA-v0"
+    assert f"search/HopQA-v0: warm start {warm} (trained in" in printed
+    key = json.loads((warm / "sft.json").read_text())["key"]
+    assert key["model"] == base and key["pretrain_steps"] == 0 and key["sft_steps"] == 2
+    assert not (out / "runs").exists() and not (out / "study.md").exists()
+    assert cli.main(["bench", "study", "--quick", "--sft-only", "--out", str(out), "--set", f"model={base}",
+                     "--pretrain-steps", "0", "--sft-steps", "2", "--sft-episodes", "4",
+                     "--max-new-tokens", "24"]) == 0
+    assert "(reused;" in capsys.readouterr().out

@@ -163,7 +163,11 @@ class StudyConfig:
     keep_checkpoints: bool = False
     """Keep each run's checkpoints (off: deleted after the run; metrics stay)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Further TrainConfig overrides for every run."""
+    """Further TrainConfig overrides for the warm start and every run (``--set``). ``model`` sets the warm start's
+    base model (a run always starts from the warm start), e.g. a saved checkpoint of another env's warm start
+    fine-tuned by SFT alone with ``pretrain_steps=0``."""
+    sft_only: bool = False
+    """Build (or reuse) the per-env warm starts, then stop without training any run."""
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -177,6 +181,14 @@ def seeds_of(cfg: StudyConfig, method: str) -> int:
     return int(cfg.seeds_for.get(method, cfg.seeds))
 
 
+def env_settings(cfg: StudyConfig, env_id: str) -> dict[str, Any]:
+    """The env's study settings (`ENV_KWARGS`, `ENV_TRAIN`), then ``cfg.extra`` (later wins; a dotted
+    ``env_kwargs.key`` override from ``--set`` sets one entry and keeps the env's others)."""
+    from turngym.config import merge
+
+    return merge({"env_kwargs": dict(ENV_KWARGS.get(env_id, {}))}, ENV_TRAIN.get(env_id, {}), cfg.extra)
+
+
 def base_config(cfg: StudyConfig, env_id: str):
     """The TrainConfig shared by the SFT warm start and every run on ``env_id``."""
     from turngym.config import from_dict
@@ -186,23 +198,23 @@ def base_config(cfg: StudyConfig, env_id: str):
         preset = {k: v for k, v in load_preset("default").items() if k not in ("env_id", "env_kwargs")}
         sizes = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}
         return from_dict(TrainConfig, preset, source="default").replace(
-            env_id=env_id, env_kwargs=dict(ENV_KWARGS.get(env_id, {})), model_size=cfg.model_size, seed=0,
+            env_id=env_id, model_size=cfg.model_size, seed=0,
             pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
             tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size, lr=cfg.lr, eval_every=cfg.eval_every,
             eval_tasks=cfg.eval_tasks, kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False,
             progress=False, report=False, checkpoint_every=10, keep_checkpoints=6, save_trajectories=1,
-            steps=cfg.steps, **sizes, **(ENV_TRAIN.get(env_id, {}) | cfg.extra))
+            steps=cfg.steps, **sizes, **env_settings(cfg, env_id))
     if cfg.recipe != "study":
         raise ValueError(f"recipe must be 'study' or 'main', got {cfg.recipe!r}")
     batch = cfg.tasks_per_step * cfg.group_size
     return TrainConfig(
-        env_id=env_id, env_kwargs=dict(ENV_KWARGS.get(env_id, {})), model_size=cfg.model_size, seed=0,
+        env_id=env_id, model_size=cfg.model_size, seed=0,
         pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
         max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
         minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
         kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
         checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps,
-        **(ENV_TRAIN.get(env_id, {}) | cfg.extra),
+        **env_settings(cfg, env_id),
     )
 
 
@@ -358,10 +370,13 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     else:
         sft_done = [sft_checkpoint(t, p, log=log) for t, p in sft_jobs]
     sft: dict[str, Any] = {}
-    specs = []
     for env_id, (path, info) in zip(cfg.envs, sft_done):
         sft[env_id] = {"dir": str(path), "seconds": info.get("seconds"), "cpu_s": info.get("cpu_s"),
                        "reused": info.get("reused"), "metrics": info.get("metrics", {})}
+    if cfg.sft_only:
+        return {"config": dataclasses.asdict(cfg), "sft": sft, "runs": [], "paths": {}}
+    specs = []
+    for env_id, (path, _) in zip(cfg.envs, sft_done):
         # seed-major order: every method's seed 0 first, so a grid stopped part-way compares all methods
         for seed in range(max(seeds_of(cfg, m) for m in cfg.methods)):
             for method in cfg.methods:
@@ -600,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     p.add_argument("--sft-root", help="directory of the per-env SFT checkpoints to reuse / create (default OUT/sft)")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig field of the warm start and every run, e.g. env_kwargs.max_turns=24; "
+                        "model=DIR builds the warm start on DIR (with --pretrain-steps 0: SFT only)")
+    p.add_argument("--sft-only", action="store_true", help="build (or reuse) the warm starts and stop")
     return p
 
 
@@ -618,14 +637,24 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         kw["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.envs:
         kw["envs"] = tuple(e.strip() for e in args.envs.split(",") if e.strip())
+    if args.set:
+        from turngym.config import parse_overrides
+        from turngym.trainers.config import TrainConfig
+
+        kw["extra"] = parse_overrides(TrainConfig, args.set)
     return StudyConfig(out_dir=args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints,
-                       sft_root=args.sft_root, **kw)
+                       sft_root=args.sft_root, sft_only=args.sft_only, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``turngym bench study [--quick | --mode M] [...]``; prints the markdown report."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     summary = run(config_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not summary["paths"]:  # --sft-only
+        for env_id, w in summary["sft"].items():
+            how = "reused" if w["reused"] else f"trained in {w['seconds']:.0f}s"
+            print(f"{env_id}: warm start {w['dir']} ({how}; SFT loss {w['metrics'].get('sft/loss', math.nan):.3f})")
+        return 0
     print(Path(summary["paths"]["table"]).read_text(encoding="utf-8"))
     print("wrote " + ", ".join(summary["paths"].values()))
     return 0 if any(r["status"] == "ok" for r in summary["runs"]) else 1

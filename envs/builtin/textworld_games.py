@@ -166,7 +166,8 @@ class TextWorldGame:
 
     def play(self, command: str) -> tuple[bool, str]:
         """Send one command (lower-cased, whitespace collapsed): ``(True, the game's reply)``, or ``(False, why it
-        was not sent)`` for an empty, over-long or meta command, or when the game is over."""
+        was not sent)`` for an empty, over-long or meta command, a control or other non-printable character, or
+        when the game is over."""
         cmd = " ".join(command.lower().split())
         if not cmd:
             return False, "empty command; write one, e.g. <command> look </command>"
@@ -175,6 +176,9 @@ class TextWorldGame:
                 False,
                 f"command too long ({len(cmd)} characters, limit {MAX_COMMAND_CHARS}); send one short command",
             )
+        bad = next((ch for ch in cmd if not ch.isprintable()), None)
+        if bad is not None:  # control characters crash or hang the interpreter (NUL, U+000E-U+0015, ...)
+            return False, f"command has a character the game cannot read (U+{ord(bad):04X}); write plain text"
         if cmd.split()[0] in META_VERBS or cmd.startswith("tw-"):
             return (
                 False,

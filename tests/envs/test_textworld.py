@@ -196,15 +196,17 @@ def test_bad_commands_are_data(short):
 
 
 @needs_textworld
-def test_control_characters_never_reach_the_interpreter(short):
+def test_control_characters_never_reach_the_interpreter(short, tmp_path, monkeypatch):
     """U+000E-U+0015 (and NUL) in a command crashed (SIGSEGV) or hung TextWorld's interpreter, and the trainer with
-    it; such a command is refused as data, and the game goes on."""
+    it, or made it create a file named after the command in the working directory; such a command is refused as
+    data, and the game goes on."""
+    monkeypatch.chdir(tmp_path)
     for ch in [*map(chr, range(0x20)), "\x7f", "\x85", "\u200b", "\u2028", "\ufeff"]:
         if ch in " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028":  # whitespace: collapsed to one space
             continue
         for action in (f"<command> go{ch} </command>", f"<command> go {ch} east </command>"):
             short.reset(options={"game": 0})
-            obs, reward, term, trunc, info = short.step(action)
+            obs, reward, term, trunc, _info = short.step(action)
             text = "\n".join(m["content"] for m in obs)
             if ch == "\x00":  # the action parser removes NUL before the env sees the command
                 assert "NUL characters; removed" in text, text
@@ -212,6 +214,7 @@ def test_control_characters_never_reach_the_interpreter(short):
                 assert "cannot read" in text and f"U+{ord(ch):04X}" in text, (repr(ch), text)
             assert not term and not trunc and reward == 0.0
             assert "-= " in short.step("<command> look </command>")[0][-1]["content"]  # the game still answers
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_textworld

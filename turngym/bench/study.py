@@ -570,7 +570,7 @@ def plot_env(summary: dict[str, Any], env_id: str, path: Path) -> None:
         stats = [_mean_std([r["curve"][j][2] for r in runs]) for j in range(n)]
         ys = [m for m, _ in stats]
         sd = [s for _, s in stats]
-        ax.plot(xs, ys, marker="o", ms=3, color=cmap(i % 10), label=method)
+        ax.plot(xs, ys, marker="o", ms=3, color=cmap(i % 10), label=f"{method} ({len(runs)} seeds)")
         if len(runs) > 1:
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
                             color=cmap(i % 10), alpha=0.15)
@@ -580,7 +580,7 @@ def plot_env(summary: dict[str, Any], env_id: str, path: Path) -> None:
     c = summary["config"]
     ax.set_xlabel("training env steps (turns sampled)")
     ax.set_ylabel("held-out success (" + ("T=1" if c.get("recipe") == "main" else "greedy") + ")")
-    ax.set_title(f"{env_id}: {c['seeds']} seed(s), {c['steps']} steps x {c['tasks_per_step']} tasks x "
+    ax.set_title(f"{env_id}: mean ± std over seeds, {c['steps']} steps x {c['tasks_per_step']} tasks x "
                  f"G={c['group_size']}", fontsize=10)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, ncol=2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import replace
 
 import pytest
 from bench_helpers import TINY_SFT
@@ -243,8 +245,29 @@ def test_finished_runs_are_not_rerun(tmp_path, tiny_setup):
     assert set(first["final_eval"]) == {"t1", "greedy"} and len(first["final_eval"]["greedy"]) == 4
     again = run_one(spec)
     assert again["reused"] and again["final_eval"] == first["final_eval"]
+    # the study folder moved (copied elsewhere): its finished runs are still found there
+    shutil.copytree(tmp_path / "study", tmp_path / "moved")
+    moved = dict(spec, config=run_config(replace(cfg, out_dir=str(tmp_path / "moved")), "search/HopQA-v0", "grpo", 0,
+                                         sft_dir))
+    found = run_one(moved)
+    assert found.get("reused") and found["final_eval"] == first["final_eval"]
+    assert found["run_dir"] == moved["config"].run_dir
     changed = dict(spec, config=spec["config"].replace(lr=1e-4))  # another setting: trained again
     assert not run_one(changed).get("reused")
+
+
+def test_a_warm_start_inside_the_study_folder_moves_with_it():
+    from turngym.bench.study import portable_key
+
+    def key(out, model, lr=1e-5):
+        return {"run_dir": f"{out}/runs/text_TextWorld-v0/grpo/seed3", "model": model, "lr": lr}
+
+    here, there = key("/a/study", "/a/study/sft/text_TextWorld-v0"), key("/b/s2", "/b/s2/sft/text_TextWorld-v0")
+    assert portable_key(here) == portable_key(there) == {"model": "sft/text_TextWorld-v0", "lr": 1e-5}
+    # a warm start outside the folder is another checkpoint when its path differs; any other setting still counts
+    assert portable_key(key("/a/study", "/ckpt/one")) != portable_key(key("/b/s2", "/ckpt/two"))
+    assert portable_key(key("/a/study", "/ckpt/one")) == portable_key(key("/b/s2", "/ckpt/one"))
+    assert portable_key(here) != portable_key(key("/b/s2", "/b/s2/sft/text_TextWorld-v0", lr=2e-5))
 
 
 def test_set_overrides_reach_the_warm_start_and_every_run(tmp_path):

@@ -23,7 +23,7 @@ The ``zero`` control (every advantage 0) shows what the recipe's entropy penalty
 run is evaluated once more on the same held-out tasks at T=1 and greedily, keeping each task's outcome, so the
 report gives hierarchical-bootstrap 95% CIs over seeds and tasks and paired differences against GRPO
 (`turngym.bench.study_stats`). A run whose ``result.json`` matches its config is not rerun: the grid is
-resumable and can be run in parts (``--methods``, ``--seeds-for``).
+resumable and can be run in parts (``--methods``, ``--seeds-for``), and a moved study folder keeps its runs.
 
 Departures worth knowing: GiGPO runs with ``anchor_source="observation"`` (anchor = the text of the previous
 observation), because the trainers' rollouts do not record the env's pre-step anchor in ``Turn.info["anchor_obs"]``
@@ -40,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -260,15 +261,33 @@ def run_key(tcfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(tcfg), sort_keys=True, default=str))
 
 
+def portable_key(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` without where the study lives, so a moved or copied study folder keeps its finished runs.
+
+    The run directory is dropped, and a warm start inside the study folder (``<out>/sft/...``) is named relative to
+    it. A warm start elsewhere keeps its path: a different checkpoint is a different run.
+    """
+    key = dict(key)
+    run_dir = key.pop("run_dir", None)
+    if run_dir and key.get("model"):
+        study = Path(run_dir).parents[3]  # <out>/runs/<env>/<method>/seed<N>
+        with contextlib.suppress(ValueError):
+            key["model"] = Path(key["model"]).relative_to(study).as_posix()
+    return key
+
+
 def finished_result(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The saved ``result.json`` of a finished run whose config and final-eval setting match ``spec``, else None."""
-    path = Path(spec["config"].run_dir) / "result.json"
+    tcfg = spec["config"]
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = json.loads((Path(tcfg.run_dir) / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = res.get("status") == "ok" and res.get("key") == run_key(spec["config"])
-    return res if ok and (not spec.get("final_eval") or res.get("final_eval")) else None
+    saved = res.get("key")
+    ok = res.get("status") == "ok" and isinstance(saved, dict) and portable_key(saved) == portable_key(run_key(tcfg))
+    if not ok or (spec.get("final_eval") and not res.get("final_eval")):
+        return None
+    return res | {"run_dir": tcfg.run_dir}  # where it is now, if the folder moved
 
 
 def final_evaluation(tcfg) -> dict[str, list[int]]:

@@ -32,12 +32,13 @@ CHALLENGES = {"tw-coin_collector": (1, 300), "tw-treasure_hunter": (1, 30)}
 MAX_COMMAND_CHARS = 120
 """Longest game command sent to the interpreter."""
 
-# Interpreter meta commands: they would restart or end the game, stop TextWorld's state tracking, or change how
-# rooms are described. Commands starting with "tw-" are TextWorld's own debug commands.
+# Interpreter meta commands: they would restart or end the game, stop TextWorld's state tracking, change how
+# rooms are described, or write files in the working directory (save, script). Words starting with "tw-" are
+# TextWorld's own debug commands. A command holding any of them, anywhere, is refused.
 # fmt: off
 META_VERBS = frozenset({
     "quit", "q", "restart", "restore", "save", "undo", "oops", "script", "unscript", "transcript", "noscript",
-    "brief", "superbrief", "verbose", "normal", "notify", "version", "verify",
+    "brief", "superbrief", "verbose", "normal", "long", "short", "notify", "version", "verify",
 })
 # fmt: on
 
@@ -166,8 +167,8 @@ class TextWorldGame:
 
     def play(self, command: str) -> tuple[bool, str]:
         """Send one command (lower-cased, whitespace collapsed): ``(True, the game's reply)``, or ``(False, why it
-        was not sent)`` for an empty, over-long or meta command, a control or other non-printable character, or
-        when the game is over."""
+        was not sent)`` for an empty, over-long or meta command, a control or other non-printable character, a
+        backslash, several commands chained with ``.`` or ``then``, or when the game is over."""
         cmd = " ".join(command.lower().split())
         if not cmd:
             return False, "empty command; write one, e.g. <command> look </command>"
@@ -179,10 +180,18 @@ class TextWorldGame:
         bad = next((ch for ch in cmd if not ch.isprintable()), None)
         if bad is not None:  # control characters crash or hang the interpreter (NUL, U+000E-U+0015, ...)
             return False, f"command has a character the game cannot read (U+{ord(bad):04X}); write plain text"
-        if cmd.split()[0] in META_VERBS or cmd.startswith("tw-"):
+        if "\\" in cmd:  # the interpreter's escape and meta-command prefix: "\\n..." loops forever on stdout
+            return False, "command has a backslash, which the game cannot read; write plain text"
+        if "." in cmd.rstrip(". ") or re.search(r"\bthen\b", cmd):
+            # the game's parser runs "go east. take coin" or "go east then take coin" as several actions in one
+            # turn, which TextWorld's state tracking does not follow (wrong walkthrough, markup in the state)
+            return False, "one command per turn: no '.' or 'then' between commands; send the first one alone"
+        # any word, not only the first: "quit," and "me, script" reach the interpreter's meta verbs too
+        meta = next((w for w in re.findall(r"[\w-]+", cmd) if w in META_VERBS or w.startswith("tw-")), None)
+        if meta is not None:
             return (
                 False,
-                f"{cmd!r} is an interpreter command, not allowed here; send a game command such as 'look'",
+                f"{meta!r} is an interpreter command, not allowed here; send a game command such as 'look'",
             )
         if self.over:
             return False, "the game is over"

@@ -217,6 +217,69 @@ def test_control_characters_never_reach_the_interpreter(short, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def finish_with_the_expert(env):
+    """Play the expert from the current state; True when it wins (TextWorld's state tracking is intact)."""
+    rng = np.random.default_rng(0)
+    for _ in range(env.max_turns):
+        _, reward, term, trunc, _info = env.step(env.expert_action(rng, 0.0))
+        if term or trunc:
+            return term and reward == 1.0
+    return False
+
+
+@needs_textworld
+def test_one_command_per_turn(short):
+    """The game's parser runs "a. b" and "a then b" as several actions in one turn; TextWorld's state tracking did
+    not follow (the walkthrough stayed where it was, its markup leaked into the state): such a command is refused."""
+    for cmd in ("look. look", "look.look", "inventory . look", "look then look", "go east, then take coin"):
+        short.reset(options={"game": 0})
+        obs, reward, term, trunc, info = short.step(f"<command> {cmd} </command>")
+        text = "\n".join(m["content"] for m in obs)
+        assert "one command per turn" in text, (cmd, text)
+        assert not term and not trunc and reward == 0.0 and info["value_delta"] == 0.0
+        assert finish_with_the_expert(short), cmd
+    short.reset(options={"game": 0})
+    assert "-= " in short.step("<command> look. </command>")[0][-1]["content"]  # a closing full stop is fine
+
+
+@needs_textworld
+def test_interpreter_commands_anywhere_in_a_command_are_refused(short, tmp_path, monkeypatch):
+    """Only the first word was checked: "me, script" and "me, save" wrote files into the working directory,
+    "quit," and "me, restart" asked to end or restart the game behind TextWorld's back."""
+    monkeypatch.chdir(tmp_path)
+    for cmd in ("me, script", "me, save", "quit,", "me, restart", "yourself, restore", "long", "short",
+                "look, tw-trace-actions"):
+        short.reset(options={"game": 0})
+        obs, reward, term, trunc, _info = short.step(f"<command> {cmd} </command>")
+        assert "interpreter command" in "\n".join(m["content"] for m in obs), cmd
+        assert not term and not trunc and reward == 0.0
+        short.step("<command> yes </command>")  # the answer to "Are you sure you want to quit?", had it been asked
+        assert finish_with_the_expert(short), cmd
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_textworld
+def test_a_backslash_never_reaches_the_interpreter(short, tmp_path):
+    """A command starting with a backslash is an interpreter escape: "\\n..." made it loop forever, writing its
+    error to stdout (2 GB in 20 s). Run in a child with its output discarded, so a regression fails by timeout."""
+    result = tmp_path / "result.txt"
+    code = (
+        "import sys, traceback\n"
+        "try:\n"
+        "    import turngym.envs as E\n"
+        f"    env = E.make({SHORT!r}, games=3)\n"
+        "    env.reset(options={'game': 0})\n"
+        "    obs = env.step('<command> \\\\n)5 look </command>')[0]\n"
+        "    out = ('backslash' in obs[-1]['content'], '-= ' in env.step('<command> look </command>')[0][-1]['content'])\n"
+        "except Exception:\n"
+        "    out = traceback.format_exc()\n"
+        "open(sys.argv[1], 'w').write(str(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(result)], check=False, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 0 and result.read_text() == "(True, True)", result.read_text()
+
+
 @needs_textworld
 def test_truncation_at_the_turn_budget(short):
     short.reset(options={"game": 1})

@@ -150,6 +150,43 @@ def calc_section(args: argparse.Namespace) -> str:
     )
 
 
+@section("textworld")
+def textworld_section(args: argparse.Namespace) -> str:
+    """The long TextWorld preset through its env (interpreter in a host process) beside the same commands sent
+    to TextWorld in this process (the bare interpreter step, what the env cost before the host)."""
+    import textworld
+
+    import turngym.envs as E
+    from turngym.envs.builtin.textworld_host import STATE_KEYS
+
+    episodes = min(args.episodes, 40)
+    env = E.make("text/TextWorld-Long-v0", games=8)
+    scripts = _record_actions(env, episodes, noise=0.3)
+    _time_env(env, scripts[:2])  # warm-up (games generated, host started)
+    rows = _time_env(env, scripts)
+    infos = textworld.EnvInfos(**{k: True for k in STATE_KEYS if k != "feedback"})
+    bare: list[float] = []
+    for seed, acts in scripts:
+        env.reset(seed=seed)
+        game = textworld.start(str(env.unwrapped.task.private["path"]), request_infos=infos)
+        game.reset()
+        for a in acts:
+            parsed = env.parser.parse(a)
+            for c in parsed.calls[:1]:
+                t0 = time.perf_counter()
+                game.step(" ".join(str(c.arguments.get("command", "")).lower().split()))
+                bare.append(time.perf_counter() - t0)
+        game.close()
+    env.close()
+    rows["bare TextWorld step, in process"] = bare
+    note = (
+        f"`text/TextWorld-Long-v0` (8 games, up to 36 turns), {episodes} episodes, expert noise 0.3. The env runs "
+        "TextWorld's interpreter in a host process (one pipe round trip per command); the last row sends the same "
+        "commands to TextWorld in this process, measured in the same run."
+    )
+    return _table("TextWorld env step (no policy)", rows, note)
+
+
 @section("retriever")
 def retriever_section(args: argparse.Namespace) -> str:
     path = Path(__file__).with_name("retriever.py")

@@ -147,23 +147,41 @@ def clean_text(text: str) -> str:
 class TextWorldGame:
     """One compiled game running in TextWorld's interpreter, with its latest state.
 
+    The interpreter runs in a host process (`turngym.envs.builtin.textworld_host`): when it crashes or hangs, the
+    call raises `HostError` (an `EnvError`) instead of taking the caller's process with it.
+
     Args:
         path: A ``.z8`` file from `compiled_game`.
     """
 
     def __init__(self, path: Path):
-        tw = import_textworld()
-        infos = tw.EnvInfos(
-            admissible_commands=True, policy_commands=True, won=True, lost=True, description=True,
-            inventory=True, objective=True,
-        )  # fmt: skip
+        import_textworld()  # MissingExtraError in the caller's process, with the install command
         self.path = Path(path)
-        self._env = tw.start(str(path), request_infos=infos)
-        self.state: Any = None
+        self.state: dict[str, Any] = {}
+        self._handle: int | None = None
+        self._generation = 0
+        self._open()
+
+    def _open(self) -> None:
+        from turngym.envs.builtin.textworld_host import HOST
+
+        self._handle = HOST.request("open", str(self.path))
+        self._generation = HOST.generation
+
+    def _request(self, op: str, *args: Any) -> Any:
+        from turngym.envs.builtin.textworld_host import HOST, HostError
+
+        if self._handle is None or self._generation != HOST.generation:
+            raise HostError(f"this game was lost when TextWorld's interpreter stopped; reset it ({self.path.name})")
+        return HOST.request(op, self._handle, *args)
 
     def reset(self) -> None:
-        """Restart the game from its initial state."""
-        self.state = self._env.reset()
+        """Restart the game from its initial state (in a new host, if the one that held it stopped)."""
+        from turngym.envs.builtin.textworld_host import HOST
+
+        if self._handle is None or self._generation != HOST.generation:
+            self._open()
+        self.state = self._request("reset")
 
     def play(self, command: str) -> tuple[bool, str]:
         """Send one command (lower-cased, whitespace collapsed): ``(True, the game's reply)``, or ``(False, why it
@@ -195,8 +213,8 @@ class TextWorldGame:
             )
         if self.over:
             return False, "the game is over"
-        self.state, _score, _done = self._env.step(cmd)
-        return True, str(self.state.feedback or "")
+        self.state = self._request("step", cmd)
+        return True, self.state["feedback"]
 
     @property
     def won(self) -> bool:
@@ -231,5 +249,10 @@ class TextWorldGame:
         return f"room: {m.group(1) if m else '?'} | {' '.join(str(self.state['inventory'] or '').split())}"
 
     def close(self) -> None:
-        """Stop the interpreter."""
-        self._env.close()
+        """Close the game in the host (idempotent; a game the host lost is simply forgotten)."""
+        from turngym.envs.builtin.textworld_host import HOST, HostError
+
+        handle, self._handle = self._handle, None
+        if handle is not None and self._generation == HOST.generation:
+            with contextlib.suppress(HostError):
+                HOST.request("close", handle)

@@ -7,6 +7,8 @@ about six games in all (about 2 s each).
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -278,6 +280,40 @@ def test_a_backslash_never_reaches_the_interpreter(short, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(result)], check=False, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, timeout=120)
     assert done.returncode == 0 and result.read_text() == "(True, True)", result.read_text()
+
+
+@needs_textworld
+def test_a_crashed_or_hung_interpreter_ends_the_episode_not_the_process(short, monkeypatch):
+    """The interpreter runs in a host process: a crash (SIGSEGV) or a hang becomes an EnvError for the episode (the
+    rollout engine ends it with stop_reason "env_error"); the next reset starts a new host and plays on."""
+    from turngym.envs.builtin.textworld_games import TextWorldGame
+    from turngym.envs.builtin.textworld_host import HOST, HostError
+
+    short.reset(options={"game": 0})
+    other = TextWorldGame(short.task.private["path"])  # a second game in the same host (as turn_value replays)
+    other.reset()
+    crashed = HOST.pid
+    os.kill(crashed, signal.SIGSEGV)
+    with pytest.raises(HostError, match="exited with code -11"):
+        short.step("<command> look </command>")
+    with pytest.raises(HostError, match="lost"):
+        other.play("look")
+    short.reset(options={"game": 0})
+    assert HOST.pid not in (None, crashed) and finish_with_the_expert(short)
+    other.reset()  # reopened in the new host
+    assert other.play("look")[0] and not other.won
+    other.close()
+
+    monkeypatch.setattr(HOST, "timeout_s", 1.0)
+    short.reset(options={"game": 0})
+    hung = HOST.pid
+    os.kill(hung, signal.SIGSTOP)
+    with pytest.raises(HostError, match="did not answer within 1 s"):
+        short.step("<command> look </command>")
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung, 0)  # stopped and reaped
+    short.reset(options={"game": 0})
+    assert finish_with_the_expert(short)
 
 
 @needs_textworld

@@ -193,3 +193,15 @@ def test_set_passes_any_train_config_field_to_the_rollouts_and_wins():
     assert (cfg.env_id, cfg.max_traj_tokens, cfg.max_new_tokens) == ("text/TextWorld-v0", 1280, 48)
     with pytest.raises(ConfigError, match="Unknown config key 'nope'"):
         ca.config_from_args(ca.build_parser().parse_args(["--set", "nope=1"]))
+
+
+def test_report_header_describes_the_warm_start_only_when_it_was_measured():
+    from turngym.bench.credit_accuracy import report_header
+
+    c = {"model_size": "1m", "env_id": "text/TextWorld-Long-v0", "pretrain_steps": 400, "sft_steps": 100,
+         "sft_episodes": 1024, "seed": 0, "bootstrap": 1000}
+    # a policy named "warm" but loaded from a directory was described as the benchmark's default warm start
+    loaded = report_header(c, [{"name": "warm", "source": "/ckpt/long_warm"}])
+    assert "LM pretraining" not in loaded and "loaded from its directory" in loaded
+    built = report_header(c, [{"name": "warm", "source": "warm"}, {"name": "mid", "source": "/ckpt/mid"}])
+    assert "400 LM pretraining and 100 SFT steps on 1024 expert episodes" in built

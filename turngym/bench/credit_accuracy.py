@@ -997,15 +997,22 @@ def _policy_tables(p: dict[str, Any], c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def report_header(c: dict[str, Any], policies: list[dict[str, Any]]) -> str:
+    """The report's first line: the env, how the ``warm`` policy was built (only when one of the policies is it;
+    the others were loaded from their directories as they are) and the CI method."""
+    start = (f"warm start = {c.get('pretrain_steps', 0)} LM pretraining and {c['sft_steps']} SFT steps on "
+             f"{c['sft_episodes']} expert episodes (seed {c['seed']})"
+             if any(p.get("source") == "warm" for p in policies) else "each policy loaded from its directory as is")
+    return (f"Tiny {c['model_size']} policies on {c['env_id']}; {start}. 95% percentile-bootstrap CIs in brackets "
+            f"({c.get('bootstrap', 0)} resamples: episodes for the group batch, pairs for the tree batch).")
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The markdown report of one credit-accuracy run (one section per policy, then a cross-policy summary)."""
     c = summary["config"]
     policies = summary.get("policies") or [{"name": "warm", "source": "warm", "rows": summary["rows"],
                                             "batch": summary["batch"], "tree": {}}]
-    lines = [(f"Tiny {c['model_size']} policies on {c['env_id']}; warm start = {c.get('pretrain_steps', 0)} LM "
-             f"pretraining and {c['sft_steps']} SFT steps on {c['sft_episodes']} expert episodes (seed {c['seed']}). "
-             f"95% percentile-bootstrap CIs in brackets ({c.get('bootstrap', 0)} resamples: episodes for the group "
-             "batch, pairs for the tree batch)."), ""]
+    lines = [report_header(c, policies), ""]
     for p in policies:
         lines += [f"#### Policy `{p['name']}` ({p['source']})", "", *_policy_tables(p, c), ""]
     if len(policies) > 1:

@@ -120,7 +120,10 @@ class StudyConfig:
     envs: tuple[str, ...] = ("search/HopQA-v0", "tool/Calc-v0")
     """Env ids."""
     seeds: int = 3
-    """Seeds per (env, method): RL seeds 0..seeds-1 (task order, sampling); the SFT start is shared."""
+    """Seeds per (env, method): RL seeds first_seed..first_seed+seeds-1 (task order, sampling); the SFT start is
+    shared."""
+    first_seed: int = 0
+    """The first RL seed, e.g. to run a follow-up on seeds 5-9 of a grid whose seeds 0-4 are elsewhere."""
     seeds_for: dict[str, int] = field(default_factory=dict)
     """Per-method seed counts that replace ``seeds`` (e.g. ``{"grpo": 5}``)."""
     recipe: str = "study"
@@ -363,6 +366,23 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     return {"curve": curve, "env_steps": cum, "trajectories": n_traj}
 
 
+def run_specs(cfg: StudyConfig, warm_starts: dict[str, Path]) -> list[dict[str, Any]]:
+    """One spec per (env, method, seed) run, each starting from its env's warm start in ``warm_starts``.
+
+    Seed-major order: every method's first seed comes first, so a grid stopped part-way compares all methods.
+    """
+    specs = []
+    for env_id, path in warm_starts.items():
+        for i in range(max(seeds_of(cfg, m) for m in cfg.methods)):
+            seed = cfg.first_seed + i
+            for method in cfg.methods:
+                if i < seeds_of(cfg, method):
+                    keep = cfg.keep_checkpoints or (cfg.recipe == "main" and i == 0)  # mid/late-RL policies
+                    specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": keep,
+                                  "final_eval": cfg.final_eval, "config": run_config(cfg, env_id, method, seed, path)})
+    return specs
+
+
 def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     """The whole study; writes ``study.md``, ``study_<env>.png`` per env and ``study.json`` into ``cfg.out_dir``."""
     import torch
@@ -394,15 +414,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
                        "reused": info.get("reused"), "metrics": info.get("metrics", {})}
     if cfg.sft_only:
         return {"config": dataclasses.asdict(cfg), "sft": sft, "runs": [], "paths": {}}
-    specs = []
-    for env_id, (path, _) in zip(cfg.envs, sft_done):
-        # seed-major order: every method's seed 0 first, so a grid stopped part-way compares all methods
-        for seed in range(max(seeds_of(cfg, m) for m in cfg.methods)):
-            for method in cfg.methods:
-                if seed < seeds_of(cfg, method):
-                    keep = cfg.keep_checkpoints or (cfg.recipe == "main" and seed == 0)  # mid/late-RL policies
-                    specs.append({"env": env_id, "method": method, "seed": seed, "keep_checkpoints": keep,
-                                  "final_eval": cfg.final_eval, "config": run_config(cfg, env_id, method, seed, path)})
+    specs = run_specs(cfg, {env_id: path for env_id, (path, _) in zip(cfg.envs, sft_done)})
     log(f"study: {len(specs)} runs ({len(cfg.envs)} envs x {len(cfg.methods)} methods x {cfg.seeds} seeds"
         f"{', ' + str(cfg.seeds_for) if cfg.seeds_for else ''}), {cfg.jobs} job(s)")
     results = []
@@ -548,7 +560,10 @@ def markdown(summary: dict[str, Any]) -> str:
            f"{c['steps']} RL steps of {c['tasks_per_step']} tasks x G={c['group_size']}; eval on {c['eval_tasks']} "
            f"held-out tasks every {c['eval_every']} steps; {recipe}; lr {c['lr']}; tiny {c['model_size']} policy, "
            f"LM pretraining {c['pretrain_steps']} + SFT {c['sft_steps']} steps on {c['sft_episodes']} expert episodes "
-           "(shared start per env)."), ""]
+           "(shared start per env)"
+           + (f"; RL seeds from {c['first_seed']}" if c.get("first_seed") else "")
+           + ("; settings over the recipe: " + ", ".join(f"{k}={v}" for k, v in sorted(c["extra"].items()))
+              if c.get("extra") else "") + "."), ""]
     for env_id in c["envs"]:
         rows = [r for r in summary["table"] if r["env"] == env_id]
         thr = rows[0]["threshold"] if rows else math.nan
@@ -619,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help=f"comma-separated (default: {','.join(STUDY_METHODS)})")
     p.add_argument("--envs", default="", help="comma-separated env ids (default: the mode's)")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, help="first RL seed (default 0): seeds FIRST..FIRST+SEEDS-1")
     p.add_argument("--seeds-for", default="", help="per-method seed counts, e.g. grpo=5,a2tgpo=5")
     p.add_argument("--steps", type=int)
     p.add_argument("--tasks-per-step", type=int)
@@ -643,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     kw: dict[str, Any] = dict(MODES["quick" if args.quick else args.mode])
-    for name in ("seeds", "steps", "tasks_per_step", "group_size", "eval_every", "eval_tasks", "pretrain_steps",
+    for name in ("seeds", "first_seed", "steps", "tasks_per_step", "group_size", "eval_every", "eval_tasks", "pretrain_steps",
                  "sft_steps", "sft_episodes", "max_new_tokens", "lr", "threshold"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)

@@ -315,16 +315,18 @@ def test_first_seed_starts_the_grid_later_and_the_report_says_so(tmp_path):
 
     args = build_parser().parse_args(["--mode", "powered", "--envs", "text/TextWorld-Long-v0", "--out", str(tmp_path),
                                       "--methods", "grpo,gigpo", "--seeds", "2", "--seeds-for", "gigpo=1",
-                                      "--first-seed", "5", "--set", "entropy_coef=0"])
+                                      "--first-seed", "5", "--set", "entropy_coef=0", "--set", "checkpoint_every=5"])
     cfg = config_from_args(args)
     specs = run_specs(cfg, {"text/TextWorld-Long-v0": tmp_path / "sft"})
     assert [(s["method"], s["seed"]) for s in specs] == [("grpo", 5), ("gigpo", 5), ("grpo", 6)]
     assert [s["config"].seed for s in specs] == [5, 5, 6]
     assert specs[2]["config"].run_dir.endswith("grpo/seed6") and specs[2]["config"].entropy_coef == 0
+    assert specs[2]["config"].checkpoint_every == 5  # --set may override a setting the study itself fixes
     assert [s["keep_checkpoints"] for s in specs] == [True, True, False]  # the first seed's, as seed 0's before
+
     def header(c):
         return markdown({"config": asdict(c), "table": [], "machine": "m", "date": "d", "seconds": 1}).splitlines()[0]
 
-    assert "RL seeds from 5" in header(cfg) and "settings over the recipe: entropy_coef=0" in header(cfg)
+    assert "RL seeds from 5" in header(cfg) and "entropy_coef=0.0" in header(cfg)
     default = config_from_args(build_parser().parse_args(["--mode", "powered", "--out", str(tmp_path)]))
     assert default.first_seed == 0 and "seeds from" not in header(default) and "over the recipe" not in header(default)

@@ -201,25 +201,25 @@ def base_config(cfg: StudyConfig, env_id: str):
     if cfg.recipe == "main":
         preset = {k: v for k, v in load_preset("default").items() if k not in ("env_id", "env_kwargs")}
         sizes = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}
-        return from_dict(TrainConfig, preset, source="default").replace(
+        study = from_dict(TrainConfig, preset, source="default").replace(
             env_id=env_id, model_size=cfg.model_size, seed=0,
             pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
             tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size, lr=cfg.lr, eval_every=cfg.eval_every,
             eval_tasks=cfg.eval_tasks, kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False,
             progress=False, report=False, checkpoint_every=10, keep_checkpoints=6, save_trajectories=1,
-            steps=cfg.steps, **sizes, **env_settings(cfg, env_id))
-    if cfg.recipe != "study":
+            steps=cfg.steps, **sizes)
+    elif cfg.recipe == "study":
+        batch = cfg.tasks_per_step * cfg.group_size
+        study = TrainConfig(
+            env_id=env_id, model_size=cfg.model_size, seed=0,
+            pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
+            max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
+            minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
+            kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
+            checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps)
+    else:
         raise ValueError(f"recipe must be 'study' or 'main', got {cfg.recipe!r}")
-    batch = cfg.tasks_per_step * cfg.group_size
-    return TrainConfig(
-        env_id=env_id, model_size=cfg.model_size, seed=0,
-        pretrain_steps=cfg.pretrain_steps, sft_steps=cfg.sft_steps, sft_episodes=cfg.sft_episodes,
-        max_new_tokens=cfg.max_new_tokens, tasks_per_step=cfg.tasks_per_step, group_size=cfg.group_size,
-        minibatch_size=math.gcd(batch, 16), lr=cfg.lr, eval_every=cfg.eval_every, eval_tasks=cfg.eval_tasks,
-        kl_coef=0.0, torch_threads=cfg.torch_threads, tensorboard=False, progress=False, report=False,
-        checkpoint_every=max(1, cfg.steps), keep_checkpoints=1, save_trajectories=1, steps=cfg.steps,
-        **env_settings(cfg, env_id),
-    )
+    return study.replace(**env_settings(cfg, env_id))  # the env's settings and --set's may override the study's
 
 
 def method_overrides(method: str, recipe: str = "study") -> dict[str, Any]:

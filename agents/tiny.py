@@ -344,12 +344,15 @@ def load_tiny(
     seed: int = 0,
     n_seeds: int = 64,
     rebuild: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
     **_: Any,
 ):
     """The tiny default policy for `env_id` (or for `texts`), built once and cached.
 
     Args:
         env_id: Registered env whose text trains the tokenizer (see `env_texts`).
+        env_kwargs: Keyword arguments of ``make(env_id, ...)`` for that text (the env the policy will play: a
+            required constructor argument, or one that changes what the env says).
         cache_dir: Root of the model cache (default `default_cache_dir()`).
         size: ``"1m"``, ``"3m"`` or ``"10m"``.
         texts: Training texts (iterable or zero-arg callable) instead of an env's text.
@@ -367,7 +370,8 @@ def load_tiny(
             "got neither."
         )
     key: dict[str, Any] = {"vocab": vocab_size, "seed": seed, "n_seeds": n_seeds}
-    texts = list(texts() if callable(texts) else texts) if texts is not None else list(env_texts(env_id, n_seeds=n_seeds))
+    texts = list(texts() if callable(texts) else texts) if texts is not None else list(
+        env_texts(env_id, n_seeds=n_seeds, env_kwargs=env_kwargs))
     key["texts"] = _fingerprint(texts)  # a change of the env's prompts or format rebuilds the model
     path = tiny_cache_path(env_id or "texts", size, cache_dir, **key)
     if path.exists() and (path / "config.json").exists() and not rebuild:
@@ -463,7 +467,7 @@ def load_policy_model(
         cache_dir: Model cache root (default ``~/.cache/turngym/models``).
         device: Torch device to move the model to.
         dtype: Torch dtype (or its name) to cast the model to.
-        **kwargs: Preset options (e.g. ``size``, ``texts``, ``rebuild``).
+        **kwargs: Preset options (e.g. ``size``, ``texts``, ``rebuild``; ``env_kwargs`` for ``"tiny"``'s env).
 
     Returns:
         ``(model, tokenizer)`` with the model in eval mode and the tokenizer padding on the left.

@@ -143,6 +143,8 @@ def train(cfg: TrainConfig, algo: Algorithm, *, console: Any = None) -> dict[str
     # --- resume (checked above) or warm start; the algorithm's modules are built from the warm policy
     run = RunLog(cfg.run_dir, cfg, resume_step=ckpt.step if ckpt else None,
                  resume_state=ckpt.extra.get("runlog") if ckpt else None, console=console, write=main)
+    if main:  # the tokenizer the run was trained with, read back by `turngym eval --model RUN_DIR`
+        s.tokenizer.save_pretrained(run.run_dir / "tokenizer")
     if ckpt is None:
         sft = algo.warm_start(cfg, s, lambda m: run.log(0, m, kind="sft"))
         if sft:

@@ -68,7 +68,7 @@ def setup(cfg: TrainConfig) -> Setup:
     if cfg.vllm_sleep_level and device.type != "cuda":
         raise ConfigError(f"vllm_sleep_level={cfg.vllm_sleep_level} on device {device.type!r}: vLLM's sleep mode "
                           "needs a CUDA device. Fix: vllm_sleep_level=0.")
-    kwargs: dict[str, Any] = {"size": cfg.model_size} if cfg.model == "tiny" else {}
+    kwargs: dict[str, Any] = {"size": cfg.model_size, "env_kwargs": cfg.env_kwargs} if cfg.model == "tiny" else {}
     model, tok = load_policy_model(
         cfg.model, env_id=cfg.env_id, cache_dir=cfg.cache_dir, device=str(device),
         dtype=resolve_dtype(cfg.dtype, device), **kwargs,

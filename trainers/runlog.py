@@ -9,6 +9,7 @@ Layout::
         metrics.jsonl        one JSON object per line: {"step", "kind", "time", "elapsed_s", <metric keys>}
         trajectories.jsonl   {"step", "kind", "trajectory": Trajectory.to_dict()} for a few trajectories per step
         tb/                  TensorBoard event files (when tensorboard is installed and cfg.tensorboard)
+        tokenizer/           the policy's tokenizer (`turngym.trainers.loop` writes it; evaluation reads it back)
         checkpoints/         see turngym.trainers.checkpoint
 
 Every metric key a trainer logs must be documented in :data:`METRICS` (``docs/metrics.md`` is generated

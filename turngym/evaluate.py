@@ -70,7 +70,7 @@ def _load_model(a: argparse.Namespace):
 
     if getattr(a, "run_cfg", None) is not None:
         return _load_run_model(a)
-    kw = {"size": a.size} if a.model == "tiny" else {}
+    kw = {"size": a.size, "env_kwargs": getattr(a, "env_kwargs", None)} if a.model == "tiny" else {}
     return load_policy_model(a.model, env_id=a.env, cache_dir=a.cache_dir, device=a.device, **kw)
 
 
@@ -111,12 +111,21 @@ def _run_of(model: str) -> tuple[Any, Any] | None:
 
 def _load_run_model(a: argparse.Namespace):
     """The trained model of ``--model RUN_DIR`` (or of one checkpoint folder), as the trainer built it."""
+    from pathlib import Path
+
     from turngym.agents.tiny import load_policy_model
     from turngym.trainers.checkpoint import load_checkpoint, load_latest
 
     cfg = a.run_cfg
-    kw = {"size": cfg.model_size} if cfg.model == "tiny" else {}
+    run_dir = Path(a.model) if a.run_ckpt is None else Path(a.run_ckpt).parent.parent
+    saved = run_dir / "tokenizer"  # written by the trainer since runs built the tiny tokenizer with env_kwargs
+    kw = {"size": cfg.model_size, "env_kwargs": cfg.env_kwargs if saved.is_dir() else None} if cfg.model == "tiny" else {}
     model, tok = load_policy_model(cfg.model, env_id=cfg.env_id, cache_dir=cfg.cache_dir, **kw)
+    if saved.is_dir():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(saved)
+        tok.padding_side = "left"
     if cfg.lora:
         from turngym.trainers.policy_setup import apply_lora
 

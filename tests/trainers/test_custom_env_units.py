@@ -37,6 +37,18 @@ class NoExpertEnv(Env):
     def _sample_task(self, rng, options):
         x = int(rng.integers(1, 9))
         return Task(prompt=f"Double {x}.", gold_answer=str(2 * x), gold_calls=[{"name": "double", "arguments": {"x": x}}])
+
+
+class NamedEnv(NoExpertEnv):
+    """An env with a required constructor argument that changes what it says."""
+
+    def __init__(self, animal: str, max_turns: int = 3):
+        super().__init__(max_turns=max_turns)
+        self.animal = animal
+
+    def _sample_task(self, rng, options):
+        x = int(rng.integers(1, 9))
+        return Task(prompt=f"The {self.animal} asks: double {x}.", gold_answer=str(2 * x))
 '''
 
 
@@ -66,6 +78,29 @@ def test_tiny_tokenizer_text_without_an_expert(tmp_path):
     texts = list(env_texts(_write(tmp_path), n_seeds=4))
     assert any("<tool_call>" in t and '"double"' in t for t in texts)  # random calls of the env's tools
     assert any("Double" in t for t in texts)  # prompts
+
+
+def test_the_tiny_policy_is_built_from_the_env_its_config_makes(tmp_path):
+    # the tokenizer's text comes from make(env_id, **env_kwargs): an env with a required argument used to crash
+    # the trainer's model setup (TypeError: missing argument), and kwargs that change the env's text were ignored
+    from turngym.api import train
+    from turngym.evaluate import load_trained
+    from turngym.trainers import policy_setup
+    from turngym.trainers.config import TrainConfig
+
+    _write(tmp_path)
+    env_id = f"{tmp_path / 'noexp.py'}:NamedEnv"
+    cfg = TrainConfig(env_id=env_id, env_kwargs={"animal": "quokka"}, cache_dir=str(tmp_path / "cache"), device="cpu",
+                      steps=1, tasks_per_step=2, group_size=2, minibatch_size=4, eval_tasks=2, max_new_tokens=8,
+                      pretrain_steps=0, sft_steps=0, progress=False, report=False, tensorboard=False,
+                      run_dir=str(tmp_path / "run"))
+    other = policy_setup.setup(cfg.replace(env_kwargs={"animal": "zebra"}))
+    train(cfg)
+    # the run keeps its tokenizer, and a trained run is read back with it (not one rebuilt from another env's text)
+    _, tok = load_trained(str(tmp_path / "run"))
+    assert len(tok.encode(" quokka")) < len(tok.encode(" zebra"))  # each tokenizer learned its own env's word
+    assert len(other.tokenizer.encode(" zebra")) < len(other.tokenizer.encode(" quokka"))
+    assert tok.get_vocab() == policy_setup.setup(cfg).tokenizer.get_vocab()
 
 
 def test_tool_errors_do_not_show_host_paths(tmp_path):

@@ -305,15 +305,43 @@ def _same_opt(a, b) -> bool:
     return a == b
 
 
+COIN_ENV = """
+from turngym.envs.core import Env, Score, Task
+
+
+class CoinEnv(Env):
+    \"\"\"The outcome is the parity of the characters the agent wrote: it differs inside a group whatever a
+    random-init policy samples (a length-based outcome did not: such a policy writes to the token cap).\"\"\"
+
+    def __init__(self, max_turns: int = 2):
+        super().__init__(max_turns=max_turns)  # the env ends the episode (a rollout cap would not score it)
+
+    def _sample_task(self, rng, options):
+        return Task(prompt="Say anything.", gold_answer="x")
+
+    def _score(self, answer, task):
+        return Score(outcome=0.0, success=False)
+
+    def reset(self, *, seed=None, options=None):
+        self.chars = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.chars += len(action)
+        msgs, reward, terminated, truncated, info = super().step(action)
+        if terminated or truncated:
+            info["outcome"] = reward = float(self.chars % 2)
+        return msgs, reward, terminated, truncated, info
+"""
+
 TINY_RUN = [
-    f"env_id={ENV}", "model=tiny", "model_size=1m", "device=cpu", "tasks_per_step=2", "group_size=3",
-    "minibatch_size=6", "ppo_epochs=1", "sft_steps=0", "eval_tasks=1", "eval_every=0", "max_turns=2",
+    "model=tiny", "model_size=1m", "device=cpu", "tasks_per_step=2", "group_size=6",
+    "minibatch_size=12", "ppo_epochs=1", "sft_steps=0", "eval_tasks=1", "eval_every=0",
     "max_new_tokens=16", "max_traj_tokens=256", "save_trajectories=0", "tensorboard=false", "progress=false",
     "report=false", "torch_threads=1", "seed=0", "lr=1e-3", "credit=oprl", "algo=grpo",
-    # random-init policy: outcomes all 0; DAPO's overlong shaping makes them depend on length, and a threshold
-    # inside that range gives the PRM (positive, negative) pairs to train on
-    "overlong_buffer=250", "signals.positive_threshold=-0.1", "signals.lr=1e-2",
-    "checkpoint_every=1", "keep_checkpoints=10",
+    # outcomes 0 / 1 by a coin of the policy's own text: every group of 6 is very likely to hold both, so the PRM
+    # has (positive, negative) pairs to train on at every step
+    "signals.positive_threshold=0.5", "signals.lr=1e-2", "checkpoint_every=1", "keep_checkpoints=10",
 ]
 
 
@@ -341,7 +369,9 @@ def test_prm_state_survives_checkpoint_and_resume(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(ImplicitPRM, "load_state_dict", spy_load)
     cache = tmp_path / "cache"
     ref = tmp_path / "ref"
-    grpo.train(resolve_train_config(None, [*TINY_RUN, f"cache_dir={cache}", f"run_dir={ref}", "steps=2"]))
+    (tmp_path / "coin_env.py").write_text(COIN_ENV)
+    env = f"env_id={tmp_path / 'coin_env.py'}:CoinEnv"
+    grpo.train(resolve_train_config(None, [*TINY_RUN, env, f"cache_dir={cache}", f"run_dir={ref}", "steps=2"]))
     lines = read_metrics(ref, kind="train")
     assert [d["step"] for d in lines] == [1, 2]
     assert all(d["learned/implicit_prm/prm_pairs"] > 0 for d in lines), "a step without DPO pairs: weak check"

@@ -66,13 +66,15 @@ __all__ = ["Batcher", "EpisodeStore", "Gateway", "GatewayEpisode", "GatewayError
            "match_history", "serve_policy"]
 
 
-def serve_policy(model: str = "tiny", *, env_id: str | None = "search/HopQA-v0", host: str = "127.0.0.1",
-                 port: int = 8012, parser: str | None = None, device: str = "cpu", **gateway_kwargs) -> Gateway:
+def serve_policy(model: str = "tiny", *, env_id: str | None = "search/HopQA-v0", env_kwargs: dict | None = None,
+                 host: str = "127.0.0.1", port: int = 8012, parser: str | None = None, device: str = "cpu",
+                 **gateway_kwargs) -> Gateway:
     """Load a policy (a preset, a local directory or a HF id) and return a started `Gateway` serving it.
 
     Args:
         model: ``"tiny"`` (built from `env_id`'s text), ``"smollm2-135m"``, a directory or a hub id.
         env_id: The env whose text trains the tiny tokenizer, and whose parser reads tool calls (unless `parser`).
+        env_kwargs: The env's constructor arguments (as ``turngym train``'s ``env_kwargs``).
         host, port: Bind address and port.
         parser: Tool-call parser name (default: the env's, else ``"hermes"``).
         device: Torch device.
@@ -82,11 +84,12 @@ def serve_policy(model: str = "tiny", *, env_id: str | None = "search/HopQA-v0",
     from turngym.agents.render import Renderer
     from turngym.agents.tiny import load_policy_model
 
-    mdl, tok = load_policy_model(model, env_id=env_id, device=device)
+    kw = {"env_kwargs": env_kwargs} if model == "tiny" else {}
+    mdl, tok = load_policy_model(model, env_id=env_id, device=device, **kw)
     if parser is None and env_id is not None:
         from turngym.envs import make
 
-        env = make(env_id)
+        env = make(env_id, **(env_kwargs or {}))
         parser = env.parser.name
         env.close()
     gw = Gateway(HFPolicy(mdl, tok), Renderer(tok), parser=parser or "hermes", model_name=model, host=host, port=port,
@@ -101,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(POST /episodes, then base_url=http://HOST:PORT/episodes/<id>/v1; see turngym.agents.gateway)."))
     ap.add_argument("--model", default="tiny", help="preset (tiny, smollm2-135m), local directory or HF id")
     ap.add_argument("--env", default="search/HopQA-v0", help="env for the tiny tokenizer and the tool-call parser")
+    ap.add_argument("env_args", nargs="*", default=[], metavar="key=value", help="the env's constructor arguments")
     ap.add_argument("--parser", default=None, help="tool-call parser (hermes, tags); default: the env's")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8012)
@@ -109,10 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=64, help="most requests per generate call")
     ap.add_argument("--max-tokens", type=int, default=256, help="max_tokens of requests that give none")
     args = ap.parse_args(argv)
+    from turngym.config import parse_kwarg_items
+    from turngym.envs.registration import check_env_kwargs
     from turngym.errors import TurngymError
 
     try:
-        gw = serve_policy(args.model, env_id=args.env, host=args.host, port=args.port, parser=args.parser,
+        env_kwargs = parse_kwarg_items(args.env_args)
+        if args.env is not None:
+            check_env_kwargs(args.env, env_kwargs, key=None)
+        gw = serve_policy(args.model, env_id=args.env, env_kwargs=env_kwargs, host=args.host, port=args.port, parser=args.parser,
                           device=args.device, batch_window_s=args.batch_window_ms / 1000.0,
                           max_batch_size=args.max_batch, default_max_tokens=args.max_tokens)
     except (TurngymError, OSError) as e:

@@ -169,14 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m turngym.agents.openai_server --model tiny --env ENV --port N``."""
     from turngym.agents.policy import HFPolicy
     from turngym.agents.tiny import load_policy_model
+    from turngym.config import parse_kwarg_items
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--env", default="search/HopQA-v0")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("env_args", nargs="*", default=[], metavar="key=value", help="the env's constructor arguments")
     a = ap.parse_args(argv)
-    model, tok = load_policy_model(a.model, env_id=a.env)
+    kw = {"env_kwargs": parse_kwarg_items(a.env_args)} if a.model == "tiny" else {}
+    model, tok = load_policy_model(a.model, env_id=a.env, **kw)
     srv = CompletionServer(HFPolicy(model, tok), tok, model_name=a.model, host=a.host, port=a.port)
     print(f"serving {a.model} at {srv.url}/v1", flush=True)
     srv.httpd.serve_forever()

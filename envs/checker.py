@@ -17,6 +17,7 @@ registry), so closing is checked here instead.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Callable
@@ -461,7 +462,7 @@ def _fresh(env: Any) -> Any | None:
         u._checker_touched = True
         return env
     spec = getattr(u, "turngym_spec", None)
-    return spec.make() if spec is not None else None
+    return spec.make(**copy.deepcopy(getattr(u, "turngym_kwargs", {}))) if spec is not None else None
 
 
 def _base_expert_next() -> Any:

@@ -84,6 +84,7 @@ class EnvSpec:
         """Build the env with the registered kwargs updated by ``kwargs``; see `make`."""
         from turngym.envs.wrappers import MaxTurns
 
+        given = dict(kwargs)
         max_turns = kwargs.pop("max_turns", _UNSET)
         max_turns = self.max_turns if max_turns is _UNSET else max_turns
         if max_turns is not None and (not isinstance(max_turns, int) or max_turns < 1):
@@ -93,6 +94,7 @@ class EnvSpec:
         all_kwargs = {**copy.deepcopy(self.kwargs), **kwargs}
         env = self.load()(**all_kwargs)
         env.unwrapped.turngym_spec = self
+        env.unwrapped.turngym_kwargs = given  # what `make` was given, so that a checker can build another like it
         if max_turns is not None:
             env = MaxTurns(env, max_turns)
         return env
@@ -192,6 +194,33 @@ def make(env_id: str, **kwargs: Any) -> Any:
         RegistryError: unknown or malformed id (with suggestions).
     """
     return spec(env_id).make(**kwargs)
+
+
+def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], *, key: str | None = "env_kwargs") -> None:
+    """Check ``env_kwargs`` against the signature of the env's registered entry point; builds no env.
+
+    The entry point's module is imported (a class or factory is looked up, nothing is called). ``max_turns`` is
+    always accepted (`make` takes it); an entry point that takes ``**kwargs`` it does not forward accepts any.
+
+    Args:
+        env_id: A registered id, ``module:Class`` or ``path/to/file.py:Class``.
+        env_kwargs: The constructor arguments given (the registered ones are added to them).
+        key: How the messages name an entry: ``"env_kwargs"`` gives ``env_kwargs.name``, None ``name=...``.
+
+    Raises:
+        ConfigError: An entry the constructor does not take, with close matches and the accepted names; or an
+            argument it requires that neither ``env_kwargs`` nor the registration gives.
+    """
+    from turngym.config import check_kwargs
+
+    env_spec = spec(env_id)
+    try:
+        factory = env_spec.load()
+    except ImportError:  # an optional dependency of the env is missing: `make` reports it when the run starts
+        return
+    what = f"env {env_id!r} ({getattr(factory, '__qualname__', factory)})"
+    check_kwargs(factory, {k: v for k, v in env_kwargs.items() if k != "max_turns"}, what=what, key=key,
+                 defaults=env_spec.kwargs)
 
 
 _TARGETS: dict[str, EnvSpec] = {}

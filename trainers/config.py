@@ -369,7 +369,7 @@ class TrainConfig:
                     unknown_name_message("tiny model size", self.model_size, list(sizes))
                     + " Fix: model_size=<one of them>."
                 )
-        from turngym.envs.registration import import_modules, is_env_target
+        from turngym.envs.registration import check_env_kwargs, import_modules, is_env_target
         from turngym.errors import RegistryError
 
         try:
@@ -543,27 +543,6 @@ def credit_markdown() -> str:
                                         "`signals.<option>=value`.")
                   for c in signal_option_classes(name)]
     return "\n".join(parts)
-
-
-def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> None:
-    """Check ``env_kwargs`` against the signature of the env's registered entry point; builds no env.
-
-    The entry point's module is imported (a class or factory is looked up, nothing is called). ``max_turns`` is
-    always accepted (`make` takes it); an entry point that takes ``**kwargs`` it does not forward accepts any.
-
-    Raises:
-        ConfigError: An entry the constructor does not take, with close matches and the accepted names.
-    """
-    from turngym.config import check_kwargs
-    from turngym.envs.registration import spec
-
-    env_spec = spec(env_id)
-    try:
-        factory = env_spec.load()
-    except ImportError:  # an optional dependency of the env is missing: `make` reports it when the run starts
-        return
-    what = f"env {env_id!r} ({getattr(factory, '__qualname__', factory)})"
-    check_kwargs(factory, {k: v for k, v in env_kwargs.items() if k != "max_turns"}, what=what, key="env_kwargs")
 
 
 def check_run_dir(cfg: TrainConfig) -> None:

@@ -192,10 +192,9 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def _make_env(target: str, kwargs: dict[str, Any]) -> Any:
     """An env from a registered id, or from ``module:Class`` / ``path/to/file.py:Class``."""
     from turngym import envs
-    from turngym.config import check_kwargs
+    from turngym.envs.registration import check_env_kwargs
 
-    factory = envs.spec(target).load()
-    check_kwargs(factory, {k: v for k, v in kwargs.items() if k != "max_turns"}, what=f"env {target!r}")
+    check_env_kwargs(target, kwargs, key=None)
     return envs.make(target, **kwargs)
 
 
@@ -213,16 +212,11 @@ def _import_args(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from turngym.config import parse_value
+    from turngym.config import parse_kwarg_items
     from turngym.errors import ConfigError, RegistryError
 
-    kwargs: dict[str, Any] = {}
     try:
-        for item in args.kwargs:
-            if "=" not in item:
-                raise ConfigError(f"Bad env argument {item!r}: expected key=value.")
-            k, _, v = item.partition("=")
-            kwargs[k] = parse_value(k, v, Any, text=True)
+        kwargs = parse_kwarg_items(args.kwargs)
         _import_args(args)
         env = _make_env(args.env, kwargs)
     except (ConfigError, RegistryError) as err:

@@ -473,22 +473,48 @@ def accepted_kwargs(factory: Any) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def check_kwargs(factory: Any, kwargs: Mapping[str, Any], *, what: str, key: str | None = None) -> None:
-    """Raise when ``kwargs`` holds a name ``factory`` does not accept (read from its signature; nothing is called).
+def parse_kwarg_items(items: Sequence[str], *, prefix: str = "env_kwargs.") -> dict[str, Any]:
+    """``["name=value", ...]`` (each name optionally written ``prefix + name``) as a dict; values as YAML scalars.
+
+    Raises:
+        ConfigError: An item without ``=`` or with a name that is not an identifier.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.removeprefix(prefix) if prefix else key
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"Bad argument {_short(item)}: expected key=value (a constructor argument).")
+        out[key] = parse_value(key, value, Any, text=True)
+    return out
+
+
+def required_kwargs(factory: Any) -> list[str]:
+    """Parameters ``factory`` cannot be called without (no default; read from its signature, nothing is called)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def check_kwargs(factory: Any, kwargs: Mapping[str, Any], *, what: str, key: str | None = None,
+                 defaults: Mapping[str, Any] | None = None) -> None:
+    """Raise when ``kwargs`` holds a name ``factory`` does not accept, or lacks one it requires (read from its
+    signature; nothing is called).
 
     Args:
         factory: A class or function.
         kwargs: The keyword arguments it would get.
         what: What ``factory`` builds, for the message (e.g. ``"env 'search/HopQA-v0' (HopQAEnv)"``).
         key: The dict config key that holds ``kwargs`` (e.g. ``"env_kwargs"``); None for ``name=value`` arguments.
+        defaults: Keyword arguments the caller adds to ``kwargs`` (an env's registered ones): they count as given.
 
     Raises:
-        ConfigError: An unknown name, with close matches and the accepted names.
+        ConfigError: An unknown name, with close matches and the accepted names; or a required one missing.
     """
     known = accepted_kwargs(factory)
-    if known is None:
-        return
-    for name in kwargs:
+    for name in kwargs if known is not None else ():
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -497,6 +523,11 @@ def check_kwargs(factory: Any, kwargs: Mapping[str, Any], *, what: str, key: str
                 f"Unknown keyword argument {_short(name)} for {what} (from {given}).{hint} "
                 f"It accepts: {', '.join(known) or '(none)'}. Fix: drop {given}, or use one of them."
             )
+    missing = [n for n in required_kwargs(factory) if n not in kwargs and n not in (defaults or {})]
+    if missing:
+        how = " ".join(f"{key}.{n}=VALUE" if key else f"{n}=VALUE" for n in missing)
+        raise ConfigError(f"{what} needs the constructor argument(s) {', '.join(map(repr, missing))}, which were not "
+                          f"given. Fix: add {how}.")
 
 
 # --------------------------------------------------------------------------- overrides and dicts

@@ -1,11 +1,12 @@
 """`turngym rollout` and `turngym eval`: sample trajectories to JSONL, or report success rate, turns, errors.
 
-    turngym rollout ENV [--policy hf|scripted|openai|vllm] [--model tiny|smollm2-135m|PATH] --n N --group G
-                        --out FILE [--sampler group|truncated_step|tree] [--temperature T] [--max-new-tokens K] ...
-    turngym eval ENV [same options] [--json]
+    turngym rollout ENV [key=value ...] [--policy hf|scripted|openai|vllm] [--model tiny|smollm2-135m|PATH]
+                        --n N --group G --out FILE [--sampler group|truncated_step|tree] [--temperature T] [--max-new-tokens K] ...
+    turngym eval ENV [key=value ...] [same options] [--json]
 
 ``ENV`` is a registered id, ``package.module:Class`` or ``path/to/file.py:Class`` (``--import MODULE`` runs a
-module's ``register`` calls first). ``--model`` names the model (and tokenizer) for ``hf`` and ``vllm``, and the
+module's ``register`` calls first); ``key=value`` (or ``env_kwargs.key=value``) after it are the env's constructor
+arguments. ``--model`` names the model (and tokenizer) for ``hf`` and ``vllm``, and the
 tokenizer for ``scripted`` and ``openai`` (``--url`` is the server). ``--model RUN_DIR`` (a ``turngym train`` run
 directory) or ``--model RUN_DIR/checkpoints/step-N`` loads the trained weights of that run (its newest valid
 checkpoint, or that one), and ENV, its imports and ``env_kwargs`` default to the run's. ``eval`` uses held-out seeds starting at ``--seed-start`` (default
@@ -31,6 +32,9 @@ def build_parser(prog: str, eval_mode: bool) -> argparse.ArgumentParser:
     p.add_argument("env", nargs="?", default=None,
                    help="registered env id, package.module:Class or path/to/file.py:Class (default with --model "
                    "RUN_DIR: the run's env)")
+    p.add_argument("env_args", nargs="*", default=[], metavar="key=value",
+                   help="env constructor arguments (also written env_kwargs.key=value); with --model RUN_DIR they "
+                   "update the run's env_kwargs")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE (or path/to/file.py) first, so its register() calls run; repeatable")
     p.add_argument("--policy", default="hf", help="hf | scripted | openai | vllm (default hf)")
@@ -178,6 +182,7 @@ def prepare_args(a: argparse.Namespace) -> argparse.Namespace:
 
         raise ConfigError(unknown_name_message("policy backend", a.policy, POLICY_BUILDERS.names()))
     a.run_cfg = a.run_ckpt = None
+    given = _env_args(a)
     a.env_kwargs = {}
     try:
         run = _run_of(a.model)
@@ -195,6 +200,10 @@ def prepare_args(a: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError("no env: give ENV (a registered id, package.module:Class or path/to/file.py:Class), or "
                               "--model RUN_DIR to use that run's env.")
         spec(a.env)
+        from turngym.envs.registration import check_env_kwargs
+
+        a.env_kwargs.update(given)
+        check_env_kwargs(a.env, a.env_kwargs, key=None)
         if a.policy == "scripted":
             from turngym.api import has_scripted_expert
 
@@ -204,6 +213,19 @@ def prepare_args(a: argparse.Namespace) -> argparse.Namespace:
     except RegistryError as err:
         raise ConfigError(str(err)) from None
     return a
+
+
+def _env_args(a: argparse.Namespace) -> dict[str, Any]:
+    """The env's constructor arguments given as ``key=value`` (or ``env_kwargs.key=value``) after ENV, over a
+    Python caller's ``env_kwargs=`` dict. A lone ``key=value`` in ENV's place (``--model RUN_DIR`` names the env)
+    is one of them."""
+    from turngym.config import parse_kwarg_items
+
+    items = list(getattr(a, "env_args", None) or [])
+    if a.env is not None and "=" in a.env and ":" not in a.env:
+        items.insert(0, a.env)
+        a.env = None
+    return {**(getattr(a, "env_kwargs", None) or {}), **parse_kwarg_items(items)}
 
 
 @POLICY_BUILDERS.register("hf")
@@ -248,9 +270,9 @@ def _namespace(argv: Sequence[str] | argparse.Namespace | None, eval_mode: bool,
     else:
         if argv is None and kwargs:
             env = kwargs.pop("env")
-            ns = build_parser(prog, eval_mode).parse_args([env])
+            ns = build_parser(prog, eval_mode).parse_intermixed_args([env])
         else:
-            ns = build_parser(prog, eval_mode).parse_args(list(sys.argv[1:] if argv is None else argv))
+            ns = build_parser(prog, eval_mode).parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     for k, v in kwargs.items():
         setattr(ns, k, v)
     return prepare_args(ns)

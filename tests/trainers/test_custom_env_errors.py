@@ -33,6 +33,18 @@ class DoubleEnv(Env):
     def _sample_task(self, rng, options):
         x = int(rng.integers(1, 9))
         return Task(prompt=f"Double {x}.", gold_answer=str(2 * x), gold_calls=[{"name": "double", "arguments": {"x": x}}])
+
+
+class NeedEnv(DoubleEnv):
+    """A constructor argument without a default."""
+
+    def __init__(self, factor: int, max_turns: int = 3):
+        super().__init__(max_turns=max_turns)
+        self.factor = factor
+
+    def _sample_task(self, rng, options):
+        x = int(rng.integers(1, 9))
+        return Task(prompt=f"Multiply {x} by {self.factor}.", gold_answer=str(self.factor * x))
 '''
 
 
@@ -49,6 +61,13 @@ CASES = [
          "Unknown keyword argument 'bogus' for env 'denv.py:DoubleEnv'"),
     Case("unknown `env_kwargs` key (module:Class)", ("check", "denv:DoubleEnv", "bogus=1"),
          "Unknown keyword argument 'bogus'"),
+    Case("a required constructor argument not given (train)", ("train", "env_id=denv.py:NeedEnv"),
+         "needs the constructor argument(s) 'factor', which were not given. Fix: add env_kwargs.factor=VALUE"),
+    Case("a required constructor argument not given (check)", ("check", "denv.py:NeedEnv"), "Fix: add factor=VALUE"),
+    Case("a required constructor argument not given (eval)", ("eval", "denv.py:NeedEnv"), "Fix: add factor=VALUE"),
+    Case("a required constructor argument not given (serve-policy)", ("serve-policy", "--env", "denv.py:NeedEnv"),
+         "Fix: add factor=VALUE"),
+    Case("an env argument without `=` (eval)", ("eval", "denv.py:NeedEnv", "factor"), "Bad argument 'factor'"),
     Case("misspelled class", ("train", "env_id=denv:DoubleEnvv"), "has no class 'DoubleEnvv'. Did you mean 'DoubleEnv'?"),
     Case("missing env file", ("eval", "nofile.py:DoubleEnv"), "nofile.py'. Give a registered env id"),
     Case("`--import` of a missing module", ("train", "--import", "no_such_mod"), "Cannot import module 'no_such_mod' for --import no_such_mod"),
@@ -86,6 +105,16 @@ def test_bad_input_exits_2_with_one_line(case, project, capsys):
     assert rc == 2, err
     assert len(err) == 1 and case.needle in err[0], err
     assert not (project / "out").exists()
+
+
+def test_env_arguments_reach_every_env_the_commands_build(project, capsys):
+    # `check` used to rebuild the env for its last checks without the arguments (a TypeError for a required one),
+    # and `eval` / `rollout` had no way to give them
+    assert cli.main(["check", "denv.py:NeedEnv", "factor=7"]) == 0
+    assert "passed" in capsys.readouterr().out
+    for argv in (["denv.py:NeedEnv", "factor=7"], ["denv.py:NeedEnv", "--n", "1", "env_kwargs.factor=7"]):
+        assert cli.main(["rollout", *argv, "--n", "1", "--max-new-tokens", "4", "--no-progress", "--out", "t.jsonl"]) == 0
+        assert "by 7." in (project / "t.jsonl").read_text()
 
 
 def test_over_long_context_names_a_flag_the_cli_has(monkeypatch):

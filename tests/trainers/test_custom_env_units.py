@@ -101,6 +101,13 @@ def test_the_tiny_policy_is_built_from_the_env_its_config_makes(tmp_path):
     assert len(tok.encode(" quokka")) < len(tok.encode(" zebra"))  # each tokenizer learned its own env's word
     assert len(other.tokenizer.encode(" zebra")) < len(other.tokenizer.encode(" quokka"))
     assert tok.get_vocab() == policy_setup.setup(cfg).tokenizer.get_vocab()
+    # `eval` / `rollout --model RUN_DIR key=value` plays the run's env with that argument changed
+    from turngym.evaluate import rollout_main
+
+    out = tmp_path / "t.jsonl"
+    rollout_main(["--model", str(tmp_path / "run"), "animal=zebra", "--n", "1", "--max-new-tokens", "4",
+                  "--no-progress", "--out", str(out)])
+    assert "The zebra asks" in out.read_text()
 
 
 def test_tool_errors_do_not_show_host_paths(tmp_path):

@@ -35,13 +35,32 @@ import gymnasium
 import numpy as np
 
 from turngym.envs.spaces import ChatSpace, TextSpace
-from turngym.errors import EnvError
+from turngym.errors import ConfigError, EnvError
 from turngym.types import Message, ToolCall, ToolResult
 
 INFO_KEYS_EVERY_STEP = ("tool_calls", "tool_results", "parse_errors", "tool_errors")
 """Keys present in the ``info`` of every ``step``."""
 
 INFO_KEYS_AT_END = ("final_answer", "success", "outcome", "task")
+
+SPLITS = ("auto", "train", "test", "all")
+"""Task splits of the built-in envs with a finite task set (HopQA's questions, TextWorld's games)."""
+TEST_SEED_START = 1_000_000
+"""With ``split="auto"``, seeds from here draw held-out tasks: where turngym's evaluation starts (``eval_seed``,
+``turngym eval --seed-start``); training draws its seeds below it."""
+
+
+def resolve_split(split: str, seed: int | None) -> str:
+    """``split`` checked, with ``"auto"`` resolved by ``seed``: ``"test"`` from `TEST_SEED_START`, else ``"train"``.
+
+    Raises:
+        ConfigError: Not one of `SPLITS`.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+    if split == "auto":
+        return "test" if seed is not None and seed >= TEST_SEED_START else "train"
+    return split
 """Keys added to ``info`` on the step that ends the episode (answer or turn limit)."""
 
 
@@ -264,6 +283,7 @@ class Env(gymnasium.Env):
                 f"{type(self).__name__}.reset() called after close(); create a new env with make()."
             )
         super().reset(seed=seed)
+        self.reset_seed = seed  # the seed of this episode (None: unseeded); `resolve_split` reads it
         task = self._sample_task(self.np_random, options)
         if not isinstance(task, Task):
             raise EnvError(

@@ -284,7 +284,9 @@ class TrainConfig:
     eval_tasks: int = 200
     """Held-out tasks for the before/after evaluation; 0 skips evaluation."""
     eval_seed: int = 1_000_000
-    """First seed of the held-out tasks (training tasks use seeds below it)."""
+    """First seed of the held-out tasks (training tasks use seeds below it). Envs with a finite task set (HopQA's
+    questions, TextWorld's games) draw held-out tasks, never trained on, from seed 1,000,000 on: below it their
+    evaluation would be on training tasks."""
     eval_every: int = 0
     """Evaluate every N RL steps as well; 0 evaluates only before and after training."""
     eval_temperature: float = 0.0

@@ -14,13 +14,14 @@ order), ``value_delta`` and a GiGPO ``anchor``. `HopQAEnv.turn_value` computes t
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from turngym.envs.builtin.world import World, generate_world, question_text
-from turngym.envs.core import Env, Task
+from turngym.envs.core import Env, Task, resolve_split
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
@@ -37,6 +38,11 @@ HERMES_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia with the search tool, one fact at a time "
     '(for example the query "founder of Zentrix"). When you know the answer, reply with <answer>name</answer>.'
 )
+
+
+def is_test_question(question_id: str, test_fraction: float) -> bool:
+    """Whether a question belongs to the held-out split: a stable hash of its id (the same in every process)."""
+    return int(hashlib.sha256(question_id.encode()).hexdigest()[:8], 16) / 2**32 < test_fraction
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,6 +77,13 @@ class HopQAEnv(Env):
         tools: A `ToolSet` to use instead of the built-in search tool (e.g. ``ToolSet.from_mcp(...)`` serving
             ``search`` over this world's corpus); it needs a ``search`` tool taking ``query`` whose results show
             the documents' facts, and the env closes it. Not with ``retriever`` / ``retriever_url``.
+        split: Which questions ``reset`` draws: ``"train"``, ``"test"`` (the held-out share of the world's
+            questions, chosen by a hash of each question's id), ``"all"``, or ``"auto"`` (the default): held-out
+            for seeds >= `turngym.envs.core.TEST_SEED_START` (1,000,000, where turngym evaluates), training below. A world holds
+            a few hundred questions (432 with the defaults), so without a split the training seeds draw most of
+            them and an evaluation on "new" seeds is mostly on questions seen in training. The reset option
+            ``{"split": ...}`` overrides it for one episode.
+        test_fraction: The held-out share of the questions (0..1).
         **kwargs: Passed to `Env` (``max_action_chars``, ``max_answer_chars``, ``render_mode``).
     """
 
@@ -90,9 +103,16 @@ class HopQAEnv(Env):
         parser: str = "tags",
         tool_timeout_s: float = 10.0,
         tools: Any = None,
+        split: str = "auto",
+        test_fraction: float = 0.25,
         **kwargs: Any,
     ):
         self.hops = _check_hops(hops)
+        resolve_split(split, None)  # a bad name fails here, not at the first reset
+        self.split = split
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+        self.test_fraction = float(test_fraction)
         self.world_seed = int(world_seed)
         self.topk = int(topk)
         if self.topk < 1:
@@ -132,16 +152,27 @@ class HopQAEnv(Env):
         return [dict(d) for d in self.world.docs]
 
     # ------------------------------------------------------------------ task
+    def _question_id(self, chain: list[Any]) -> str:
+        return f"hopqa/w{self.world_seed}/" + "/".join([chain[0].src] + [hp.relation for hp in chain])
+
     def _sample_task(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Task:
         opts = dict(options or {})
         hop_choices = _check_hops(opts.pop("hops")) if "hops" in opts else self.hops
+        split = resolve_split(opts.pop("split", self.split), self.reset_seed)
         if opts:
-            raise ConfigError(f"HopQA reset options: unknown keys {sorted(opts)}; known: ['hops'].")
+            raise ConfigError(f"HopQA reset options: unknown keys {sorted(opts)}; known: ['hops', 'split'].")
         h = hop_choices[int(rng.integers(0, len(hop_choices)))]
-        chain = self.world.sample_chain(rng, h)
+        for _ in range(1000):  # a question of the split: about 1 / share draws
+            chain = self.world.sample_chain(rng, h)
+            if split == "all" or is_test_question(self._question_id(chain), self.test_fraction) == (split == "test"):
+                break
+        else:
+            raise ConfigError(f"HopQA: no {h}-hop question of the {split!r} split found in 1000 draws; raise "
+                              f"test_fraction={self.test_fraction} or use a larger world (corpus_size).")
         gold_calls = [{"name": "search", "arguments": {"query": hop.query}} for hop in chain]
         meta = {
-            "id": f"hopqa/w{self.world_seed}/" + "/".join([chain[0].src] + [hp.relation for hp in chain]),
+            "id": self._question_id(chain),
+            "split": split,
             "hops": h,
             "question": question_text(chain),
             "chain": [{"relation": hp.relation, "src": hp.src, "dst": hp.dst} for hp in chain],

@@ -10,6 +10,9 @@ game's reply (a ``role="tool"`` message named ``command``, followed by the valid
 Games are generated on first use into ``$TURNGYM_CACHE/textworld`` (see
 `turngym.envs.builtin.textworld_games.compiled_game`); each env draws its tasks from a pool of ``games`` games
 derived from ``game_seed``, and ``reset(seed=s)`` picks one with the env's RNG (``options={"game": i}`` picks one).
+Held-out evaluation plays other games: with ``split="auto"`` (the default) seeds from 1,000,000 (where turngym
+evaluates) draw from a second pool of ``test_games`` games that training never sees (``split="train"`` /
+``"test"`` / ``"all"`` choose a pool for every seed; the reset option ``{"split": ...}`` for one episode).
 
 Gold data for credit (``info["task"]``): ``walkthrough`` (the winning commands from the start), ``gold_calls``
 (the walkthrough without its last, winning command, so that running every gold call leaves the episode open, as
@@ -44,9 +47,12 @@ from turngym.envs.builtin.textworld_games import (
     game_seed_of,
     import_textworld,
 )
-from turngym.envs.core import Env, Score, Task, _short
+from turngym.envs.core import Env, Score, Task, _short, resolve_split
 from turngym.errors import ConfigError, EnvError
 from turngym.types import Message, ToolCall, ToolResult
+
+TEST_POOL_OFFSET = 1_000_000
+"""Held-out game ``i`` is generated from ``game_seed_of(game_seed, TEST_POOL_OFFSET + i)``: never a training game."""
 
 TAGS_INSTRUCTIONS = (
     "You are playing a text adventure game. Do what the task asks. Each turn, send exactly one game command "
@@ -70,6 +76,10 @@ class TextWorldEnv(Env):
         level: Difficulty level of the challenge.
         games: Size of the pool of games tasks are drawn from (each is generated once, about 2 s).
         game_seed: Seed of the pool (game ``i`` is generated from ``game_seed_of(game_seed, i)``).
+        split: The pool ``reset`` draws from: ``"train"`` (the ``games`` games), ``"test"`` (``test_games`` held-out
+            games, generated from ``game_seed_of(game_seed, 1_000_000 + i)``), ``"all"`` (both), or ``"auto"``
+            (the default: held-out for seeds >= 1,000,000, where turngym evaluates; training below).
+        test_games: Size of the held-out pool.
         list_commands: Append the valid (admissible) commands to the prompt and to every observation.
         max_obs_chars: Longest game reply kept; a longer one is cut and ends with ``" ..."``.
         cache_dir: Where compiled games are kept (default ``$TURNGYM_CACHE/textworld``).
@@ -88,6 +98,8 @@ class TextWorldEnv(Env):
         level: int = 5,
         games: int = 32,
         game_seed: int = 0,
+        split: str = "auto",
+        test_games: int = 32,
         list_commands: bool = True,
         max_obs_chars: int = 800,
         cache_dir: str | Path | None = None,
@@ -103,11 +115,14 @@ class TextWorldEnv(Env):
             raise ConfigError(
                 f"tw-coin_collector level {level} has over 100 rooms; TextWorld 1.7 builds at most 100."
             )
-        if int(games) < 1 or int(max_obs_chars) < 40:
-            raise ConfigError(f"games must be >= 1 and max_obs_chars >= 40, got {games} and {max_obs_chars}.")
+        if int(games) < 1 or int(test_games) < 1 or int(max_obs_chars) < 40:
+            raise ConfigError(f"games and test_games must be >= 1 and max_obs_chars >= 40, got {games}, {test_games} "
+                              f"and {max_obs_chars}.")
+        resolve_split(split, None)  # a bad name fails here, not at the first reset
         import_textworld()  # MissingExtraError, with the install command, before anything else
         self.challenge, self.level = challenge, int(level)
         self.games, self.game_seed = int(games), int(game_seed)
+        self.split, self.test_games = split, int(test_games)
         self.list_commands, self.max_obs_chars = bool(list_commands), int(max_obs_chars)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.instructions = TAGS_INSTRUCTIONS if parser == "tags" else HERMES_INSTRUCTIONS
@@ -138,12 +153,17 @@ class TextWorldEnv(Env):
     # ------------------------------------------------------------------ task
     def _sample_task(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Task:
         opts = dict(options or {})
-        index = int(opts.pop("game")) if "game" in opts else int(rng.integers(0, self.games))
+        split = resolve_split(opts.pop("split", self.split), self.reset_seed)
+        pool = {"train": self.games, "test": self.test_games, "all": self.games + self.test_games}[split]
+        index = int(opts.pop("game")) if "game" in opts else int(rng.integers(0, pool))
         if opts:
-            raise ConfigError(f"TextWorld reset options: unknown keys {sorted(opts)}; known: ['game'].")
-        if not 0 <= index < self.games:
-            raise ConfigError(f"reset option game={index} is outside the pool 0..{self.games - 1}.")
-        seed = game_seed_of(self.game_seed, index)
+            raise ConfigError(f"TextWorld reset options: unknown keys {sorted(opts)}; known: ['game', 'split'].")
+        if not 0 <= index < pool:
+            raise ConfigError(f"reset option game={index} is outside the {split} pool 0..{pool - 1}.")
+        if split == "all" and index >= self.games:  # "all": the held-out pool follows the training pool
+            split, index = "test", index - self.games
+        test = split == "test"
+        seed = game_seed_of(self.game_seed, TEST_POOL_OFFSET + index if test else index)
         path = compiled_game(self.challenge, self.level, seed, self.cache_dir)
         if self._game is None or self._game.path != path:
             if self._game is not None:
@@ -158,6 +178,7 @@ class TextWorldEnv(Env):
             "challenge": self.challenge,
             "level": self.level,
             "game": index,
+            "split": "test" if test else "train",
             "game_seed": seed,
             "walkthrough": walkthrough,
             "decisive_turns": list(range(n)),

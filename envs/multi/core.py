@@ -222,6 +222,7 @@ class _TextAgents:
         if self._closed:
             raise EnvError(f"{type(self).__name__}.reset() called after close(); create a new env.")
         self._seed(seed)
+        self.reset_seed = seed  # the seed of this episode (None: unseeded)
         self.agents = list(self.possible_agents)
         self._pending = {a: [] for a in self.agents}
         self._history = {a: [] for a in self.agents}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from turngym.envs.core import exact_match, token_f1
+from turngym.envs.core import exact_match, resolve_split, token_f1
 from turngym.envs.multi.core import Action, TextAECEnv
 from turngym.errors import ConfigError
 from turngym.types import ToolCall
@@ -65,6 +65,9 @@ class SearchTeamEnv(TextAECEnv):
         max_note_chars: Longest note the searcher may hand over.
         max_cycles: Largest number of actions per agent, bad ones included (truncates the episode).
         retriever: Optional search backend (see `HopQAEnv`); default: a local BM25 index of the world.
+        split: Which of the world's questions a reset draws (see `HopQAEnv`): ``"auto"`` (held-out ones for
+            seeds >= 1,000,000, where turngym evaluates; training ones below), ``"train"``, ``"test"``, ``"all"``.
+        test_fraction: The held-out share of the questions.
         **kwargs: Passed to `TextAECEnv` (``parser``, ``max_action_chars``, ``tool_timeout_s``, ``render_mode``).
     """
 
@@ -84,6 +87,8 @@ class SearchTeamEnv(TextAECEnv):
         max_note_chars: int = 400,
         max_cycles: int = 8,
         retriever: Any = None,
+        split: str = "auto",
+        test_fraction: float = 0.25,
         **kwargs: Any,
     ):
         from turngym.envs.builtin.hopqa import HopQAEnv
@@ -98,6 +103,8 @@ class SearchTeamEnv(TextAECEnv):
             corpus_size=corpus_size,
             distractors=distractors,
             topk=topk,
+            split=split,
+            test_fraction=test_fraction,
             retriever=retriever,
             parser=parser,
             tool_timeout_s=kwargs.get("tool_timeout_s", 10.0),
@@ -118,7 +125,8 @@ class SearchTeamEnv(TextAECEnv):
     def _start(self, rng: np.random.Generator, options: dict[str, Any] | None) -> dict[str, Any]:
         # PettingZoo's api_test resets with options={'options': 1}: that key is accepted and ignored
         opts = {k: v for k, v in (options or {}).items() if k != "options"}
-        _, info = self.qa.reset(seed=int(rng.integers(0, 2**31 - 1)), options=opts or None)
+        opts["split"] = resolve_split(opts.get("split", self.qa.split), self.reset_seed)  # by this env's seed
+        _, info = self.qa.reset(seed=int(rng.integers(0, 2**31 - 1)), options=opts)
         task = info["task"]
         self.notes: str | None = None
         question = task["question"]

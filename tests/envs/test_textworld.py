@@ -146,6 +146,35 @@ def test_generation_is_deterministic_per_seed(short, tmp_path):
 
 
 @needs_textworld
+def test_evaluation_seeds_play_games_training_never_sees(short):
+    # before the split every seed drew from one pool of 32 games: all 100 evaluation tasks of the TextWorld-v0 study
+    # were games its training had played
+    from turngym.envs.core import TEST_SEED_START
+
+    env = E.make(SHORT, games=3, test_games=2)
+    try:
+        def games(seeds, **options):
+            out = set()
+            for s in seeds:
+                task = env.reset(seed=s, options=options or None)[1]["task"]
+                out.add((task["split"], task["game_seed"], tuple(task["walkthrough"])))
+            return out
+
+        train, test = games(range(12)), games(range(TEST_SEED_START, TEST_SEED_START + 8))
+        assert {s for s, _, _ in train} == {"train"} and {s for s, _, _ in test} == {"test"}
+        assert len(train) == 3 and len(test) == 2  # every game of each pool, each pool its own games
+        assert not {g for _, g, _ in train} & {g for _, g, _ in test}
+        assert {g for _, g, _ in train} == {t["game_seed"] for t in (short.reset(options={"game": i})[1]["task"]
+                                                                      for i in range(3))}  # the training pool as before
+        assert games(range(TEST_SEED_START, TEST_SEED_START + 8), split="train") <= train  # the option picks a pool
+        assert games([0], split="test", game=1) <= test
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="split must be one of"):
+        E.make(SHORT, split="eval")
+
+
+@needs_textworld
 def test_concurrent_generation_waits_for_one_build(tmp_path, monkeypatch):
     import textworld.challenges
 

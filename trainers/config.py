@@ -82,7 +82,7 @@ class TrainConfig:
                             "vllm_gpu_memory_utilization", "vllm_sleep_level", "learner_parallel")),
         "sft": ("SFT warm start", ("pretrain_steps", "pretrain_lr", "sft_steps", "sft_lr", "sft_episodes",
                                    "sft_batch_size", "expert_noise")),
-        "eval": ("Evaluation", ("eval_tasks", "eval_seed", "eval_every", "eval_temperature")),
+        "eval": ("Evaluation", ("eval_tasks", "eval_seed", "eval_every", "eval_temperature", "eval_env_kwargs")),
         "run": ("Run directory and logging", ("run_dir", "resume", "checkpoint_every", "keep_checkpoints", "log_every",
                                               "save_trajectories", "max_nonfinite_steps", "tensorboard", "wandb",
                                               "wandb_project", "progress", "report")),
@@ -291,6 +291,9 @@ class TrainConfig:
     """Evaluate every N RL steps as well; 0 evaluates only before and after training."""
     eval_temperature: float = 0.0
     """Sampling temperature for evaluation (the sampler is seeded with eval_seed); 0 is greedy; equal to temperature, it measures the policy RL trains."""
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env keyword arguments for the held-out evaluation only, over env_kwargs: e.g. a test set,
+    eval_env_kwargs.dataset=test.jsonl (search/SearchR1-v0); `turngym eval --model RUN_DIR` uses them too."""
 
     # --- run directory and logging
     run_dir: str | None = None
@@ -385,6 +388,8 @@ class TrainConfig:
                 )
             if ids is not None or is_env_target(self.env_id):
                 check_env_kwargs(self.env_id, self.env_kwargs)
+                if self.eval_env_kwargs:
+                    check_env_kwargs(self.env_id, {**self.env_kwargs, **self.eval_env_kwargs}, key="eval_env_kwargs")
         except RegistryError as err:
             raise ConfigError(str(err)) from None
         if self.wandb and importlib.util.find_spec("wandb") is None:
@@ -958,3 +963,8 @@ def resolve_train_config(
         if sig != cfg.signal_overrides or any(type(v) is not type(cfg.signal_overrides[k]) for k, v in sig.items()):
             cfg = cfg.replace(signal_overrides=sig)
     return cfg
+
+
+def eval_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` as the held-out evaluation runs it: ``eval_env_kwargs`` over ``env_kwargs``."""
+    return cfg.replace(env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs}) if cfg.eval_env_kwargs else cfg

@@ -66,7 +66,7 @@ from turngym.credit.signals import run_providers
 from turngym.errors import ConfigError
 from turngym.trainers import batch_signals, loop, policy_setup, sampling
 from turngym.trainers.checkpoint import Checkpoint
-from turngym.trainers.config import TrainConfig
+from turngym.trainers.config import TrainConfig, eval_config
 from turngym.trainers.update import update
 from turngym.types import Trajectory
 
@@ -481,7 +481,7 @@ def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[st
         ln.model.eval()
     if cfg.multi_mode != "self_play":
         actors = {r: Actor(ln.policy, renderer) for ln in learners for r in ln.roles}
-        trajs, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
+        trajs, _ = rollout(eval_config(cfg), actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
         m = rollout_metrics(trajs, prefix="eval")
     else:
         opponents = {"scripted": lambda: ScriptedPolicy(tok, noise=cfg.expert_noise, seed=cfg.seed)}
@@ -493,7 +493,7 @@ def evaluate(cfg: TrainConfig, learners: list[Learner], renderer, roles: list[st
             mine = []
             for seat in roles:
                 actors = {r: Actor(learners[0].policy if r == seat else make(), renderer) for r in roles}
-                got, _ = rollout(cfg, actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
+                got, _ = rollout(eval_config(cfg), actors, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.seed)
                 for t in got:
                     t.meta["opponent"] = name
                 trajs += got

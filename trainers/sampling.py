@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from turngym.trainers.config import TrainConfig
+from turngym.trainers.config import TrainConfig, eval_config
 from turngym.types import Trajectory
 
 if TYPE_CHECKING:
@@ -127,7 +127,8 @@ def evaluate(cfg: TrainConfig, s: Setup) -> tuple[dict[str, float], list[Traject
     was_training = s.model.training
     s.model.eval()
     # a fixed sampler seed: with eval_temperature > 0 every evaluation of a run draws from the same noise
-    trajs, _ = rollout(cfg, s, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.eval_seed, sampler="group")
+    trajs, _ = rollout(eval_config(cfg), s, seeds, 1, temperature=cfg.eval_temperature, sample_seed=cfg.eval_seed,
+                       sampler="group")
     s.model.train(was_training)
     m = rollout_metrics(trajs, prefix="eval")
     m["eval/tasks"] = float(len(trajs))

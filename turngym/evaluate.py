@@ -9,8 +9,10 @@ module's ``register`` calls first); ``key=value`` (or ``env_kwargs.key=value``) 
 arguments. ``--model`` names the model (and tokenizer) for ``hf`` and ``vllm``, and the
 tokenizer for ``scripted`` and ``openai`` (``--url`` is the server). ``--model RUN_DIR`` (a ``turngym train`` run
 directory) or ``--model RUN_DIR/checkpoints/step-N`` loads the trained weights of that run (its newest valid
-checkpoint, or that one), and ENV, its imports and ``env_kwargs`` default to the run's. ``eval`` uses held-out seeds starting at ``--seed-start`` (default
-1,000,000) so that it never evaluates on the training seeds ``0..``.
+checkpoint, or that one), and ENV, its imports and ``env_kwargs`` default to the run's (for ``eval``, with the
+run's ``eval_env_kwargs`` over them). ``eval`` uses held-out seeds starting at ``--seed-start`` (default 1,000,000)
+so that it never evaluates on the training seeds ``0..``; envs with a finite task set (HopQA, TextWorld) draw
+held-out tasks from there.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def prepare_args(a: argparse.Namespace) -> argparse.Namespace:
 
     from turngym.envs.registration import import_modules, spec
     from turngym.errors import RegistryError
+    from turngym.trainers.config import eval_config
 
     for name, lo in (("n", 1), ("group", 1), ("max_new_tokens", 1), ("max_turns", 1), ("max_traj_tokens", 1),
                      ("max_context_tokens", 2), ("seed_start", 0), ("seed", 0)):
@@ -189,8 +192,9 @@ def prepare_args(a: argparse.Namespace) -> argparse.Namespace:
         if run is not None:
             a.run_cfg, a.run_ckpt = run
             import_modules(a.run_cfg.env_imports)
-            if a.env is None or a.env == a.run_cfg.env_id:
-                a.env, a.env_kwargs = a.run_cfg.env_id, dict(a.run_cfg.env_kwargs)
+            if a.env is None or a.env == a.run_cfg.env_id:  # `eval` as the run evaluated (eval_env_kwargs)
+                run_env = eval_config(a.run_cfg) if getattr(a, "eval_mode", False) else a.run_cfg
+                a.env, a.env_kwargs = run_env.env_id, dict(run_env.env_kwargs)
         elif a.policy in ("hf", "vllm") or a.model != "tiny":
             from turngym.agents.tiny import check_model_name
 
@@ -275,6 +279,7 @@ def _namespace(argv: Sequence[str] | argparse.Namespace | None, eval_mode: bool,
             ns = build_parser(prog, eval_mode).parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     for k, v in kwargs.items():
         setattr(ns, k, v)
+    ns.eval_mode = eval_mode
     return prepare_args(ns)
 
 

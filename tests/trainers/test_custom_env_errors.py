@@ -63,6 +63,8 @@ CASES = [
          "Unknown keyword argument 'bogus'"),
     Case("a required constructor argument not given (train)", ("train", "env_id=denv.py:NeedEnv"),
          "needs the constructor argument(s) 'factor', which were not given. Fix: add env_kwargs.factor=VALUE"),
+    Case("unknown `eval_env_kwargs` key", ("train", "env_id=denv.py:DoubleEnv", "eval_env_kwargs.bogus=1"),
+         "(from eval_env_kwargs.bogus)"),
     Case("a required constructor argument not given (check)", ("check", "denv.py:NeedEnv"), "Fix: add factor=VALUE"),
     Case("a required constructor argument not given (eval)", ("eval", "denv.py:NeedEnv"), "Fix: add factor=VALUE"),
     Case("a required constructor argument not given (serve-policy)", ("serve-policy", "--env", "denv.py:NeedEnv"),

@@ -90,7 +90,8 @@ def test_the_tiny_policy_is_built_from_the_env_its_config_makes(tmp_path):
 
     _write(tmp_path)
     env_id = f"{tmp_path / 'noexp.py'}:NamedEnv"
-    cfg = TrainConfig(env_id=env_id, env_kwargs={"animal": "quokka"}, cache_dir=str(tmp_path / "cache"), device="cpu",
+    cfg = TrainConfig(env_id=env_id, env_kwargs={"animal": "quokka"}, eval_env_kwargs={"animal": "wombat"},
+                      cache_dir=str(tmp_path / "cache"), device="cpu",
                       steps=1, tasks_per_step=2, group_size=2, minibatch_size=4, eval_tasks=2, max_new_tokens=8,
                       pretrain_steps=0, sft_steps=0, progress=False, report=False, tensorboard=False,
                       run_dir=str(tmp_path / "run"))
@@ -101,8 +102,16 @@ def test_the_tiny_policy_is_built_from_the_env_its_config_makes(tmp_path):
     assert len(tok.encode(" quokka")) < len(tok.encode(" zebra"))  # each tokenizer learned its own env's word
     assert len(other.tokenizer.encode(" zebra")) < len(other.tokenizer.encode(" quokka"))
     assert tok.get_vocab() == policy_setup.setup(cfg).tokenizer.get_vocab()
+    # the held-out evaluation plays eval_env_kwargs over env_kwargs, in the run and in `eval --model RUN_DIR`
+    from turngym.evaluate import _namespace, rollout_main
+    from turngym.trainers import sampling
+
+    s = policy_setup.setup(cfg)
+    assert all("The wombat asks" in str(t.prompt_messages) for t in sampling.evaluate(cfg.replace(eval_tasks=3), s)[1])
+    assert all("The quokka asks" in str(t.prompt_messages) for t in sampling.rollout(cfg, s, [0, 1], 1)[0])
+    assert _namespace(["--model", str(tmp_path / "run")], True, {}).env_kwargs == {"animal": "wombat"}
+    assert _namespace(["--model", str(tmp_path / "run")], False, {}).env_kwargs == {"animal": "quokka"}
     # `eval` / `rollout --model RUN_DIR key=value` plays the run's env with that argument changed
-    from turngym.evaluate import rollout_main
 
     out = tmp_path / "t.jsonl"
     rollout_main(["--model", str(tmp_path / "run"), "animal=zebra", "--n", "1", "--max-new-tokens", "4",

@@ -27,9 +27,10 @@ config): the step that reaches it without an answer returns ``truncated=True`` w
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import gymnasium
 import numpy as np
@@ -43,11 +44,40 @@ INFO_KEYS_EVERY_STEP = ("tool_calls", "tool_results", "parse_errors", "tool_erro
 
 INFO_KEYS_AT_END = ("final_answer", "success", "outcome", "task")
 
+T = TypeVar("T")
+
 SPLITS = ("auto", "train", "test", "all")
 """Task splits of the built-in envs with a finite task set (HopQA's questions, TextWorld's games)."""
 TEST_SEED_START = 1_000_000
 """With ``split="auto"``, seeds from here draw held-out tasks: where turngym's evaluation starts (``eval_seed``,
 ``turngym eval --seed-start``); training draws its seeds below it."""
+
+
+def is_test_task(task_id: str, test_fraction: float) -> bool:
+    """Whether a task belongs to the held-out split: a stable hash of its id (the same in every process)."""
+    return int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) / 2**32 < test_fraction
+
+
+def draw_in_split(draw: Callable[[], T], task_id: Callable[[T], str], split: str, test_fraction: float,
+                  tries: int = 1000) -> T:
+    """``draw()`` again until its task is of ``split`` (resolved: ``"train"``, ``"test"`` or ``"all"``), judged by
+    `is_test_task` of ``task_id(task)``: a held-out split of a finite task set that needs no list of the tasks.
+
+    Raises:
+        ConfigError: No task of the split in ``tries`` draws.
+    """
+    for _ in range(tries):
+        task = draw()
+        if split == "all" or is_test_task(task_id(task), test_fraction) == (split == "test"):
+            return task
+    raise ConfigError(f"no task of the {split!r} split in {tries} draws (test_fraction={test_fraction}); raise "
+                      "test_fraction or widen the task set.")
+
+
+def check_test_fraction(test_fraction: float) -> float:
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+    return float(test_fraction)
 
 
 def resolve_split(split: str, seed: int | None) -> str:

@@ -14,14 +14,13 @@ order), ``value_delta`` and a GiGPO ``anchor``. `HopQAEnv.turn_value` computes t
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from turngym.envs.builtin.world import World, generate_world, question_text
-from turngym.envs.core import Env, Task, resolve_split
+from turngym.envs.core import Env, Task, check_test_fraction, draw_in_split, resolve_split
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
@@ -38,11 +37,6 @@ HERMES_INSTRUCTIONS = (
     "Answer the question by searching an encyclopedia with the search tool, one fact at a time "
     '(for example the query "founder of Zentrix"). When you know the answer, reply with <answer>name</answer>.'
 )
-
-
-def is_test_question(question_id: str, test_fraction: float) -> bool:
-    """Whether a question belongs to the held-out split: a stable hash of its id (the same in every process)."""
-    return int(hashlib.sha256(question_id.encode()).hexdigest()[:8], 16) / 2**32 < test_fraction
 
 
 @functools.lru_cache(maxsize=16)
@@ -110,9 +104,7 @@ class HopQAEnv(Env):
         self.hops = _check_hops(hops)
         resolve_split(split, None)  # a bad name fails here, not at the first reset
         self.split = split
-        if not 0.0 < float(test_fraction) < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
-        self.test_fraction = float(test_fraction)
+        self.test_fraction = check_test_fraction(test_fraction)
         self.world_seed = int(world_seed)
         self.topk = int(topk)
         if self.topk < 1:
@@ -162,13 +154,7 @@ class HopQAEnv(Env):
         if opts:
             raise ConfigError(f"HopQA reset options: unknown keys {sorted(opts)}; known: ['hops', 'split'].")
         h = hop_choices[int(rng.integers(0, len(hop_choices)))]
-        for _ in range(1000):  # a question of the split: about 1 / share draws
-            chain = self.world.sample_chain(rng, h)
-            if split == "all" or is_test_question(self._question_id(chain), self.test_fraction) == (split == "test"):
-                break
-        else:
-            raise ConfigError(f"HopQA: no {h}-hop question of the {split!r} split found in 1000 draws; raise "
-                              f"test_fraction={self.test_fraction} or use a larger world (corpus_size).")
+        chain = draw_in_split(lambda: self.world.sample_chain(rng, h), self._question_id, split, self.test_fraction)
         gold_calls = [{"name": "search", "arguments": {"query": hop.query}} for hop in chain]
         meta = {
             "id": self._question_id(chain),

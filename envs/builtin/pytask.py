@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from turngym.envs.core import Env, Score, Task, normalize_answer, token_f1
+from turngym.envs.core import (
+    Env,
+    Score,
+    Task,
+    check_test_fraction,
+    draw_in_split,
+    normalize_answer,
+    resolve_split,
+    token_f1,
+)
 from turngym.errors import ConfigError
 from turngym.types import Message, ToolCall
 
@@ -157,6 +166,11 @@ class PyTaskEnv(Env):
         parser: ``"tags"`` (default) or ``"hermes"``.
         code_timeout_s: Wall-clock limit of one code run inside the sandbox.
         tool_timeout_s: Per-call timeout of the python tool (ToolSet level).
+        split: Which tasks ``reset`` draws: ``"auto"`` (default: held-out ones for seeds >= 1,000,000, where
+            turngym evaluates, training ones below), ``"train"``, ``"test"``, ``"all"``; a hash of the task's id
+            puts ``test_fraction`` of the tasks in the held-out split (the templates' parameter ranges are small:
+            without it 78 of 200 evaluation tasks were among 800 training draws).
+        test_fraction: The held-out share of the tasks.
         **kwargs: Passed to `Env`.
     """
 
@@ -171,8 +185,12 @@ class PyTaskEnv(Env):
         parser: str = "tags",
         code_timeout_s: float = 5.0,
         tool_timeout_s: float = 20.0,
+        split: str = "auto",
+        test_fraction: float = 0.25,
         **kwargs: Any,
     ):
+        resolve_split(split, None)  # a bad name fails here, not at the first reset
+        self.split, self.test_fraction = split, check_test_fraction(test_fraction)
         names = tuple(templates) if templates is not None else tuple(TEMPLATES)
         unknown = [n for n in names if n not in TEMPLATES]
         if unknown or not names:
@@ -201,15 +219,18 @@ class PyTaskEnv(Env):
 
     def _sample_task(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Task:
         opts = dict(options or {})
+        split = resolve_split(opts.pop("split", self.split), self.reset_seed)
         name = opts.pop("template", None) or self.templates[int(rng.integers(0, len(self.templates)))]
         if opts or name not in TEMPLATES:
             raise ConfigError(
                 f"PyTask reset options: unknown keys {sorted(opts)} or template {name!r}; "
-                f"known keys: ['template'], templates: {sorted(TEMPLATES)}."
+                f"known keys: ['template', 'split'], templates: {sorted(TEMPLATES)}."
             )
-        prompt, code, wrong, answer = TEMPLATES[name].make(rng)
+        prompt, code, wrong, answer = draw_in_split(lambda: TEMPLATES[name].make(rng), lambda t: f"pytask/{name}/{t[0]}",
+                                                    split, self.test_fraction)
         meta = {
             "id": f"pytask/{name}/{prompt}",
+            "split": split,
             "template": name,
             "decisive_turns": [0, 1],
             "gold_turn_values": [0.0, 1.0],

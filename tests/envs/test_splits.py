@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 import turngym.envs as E
-from turngym.envs.builtin.hopqa import is_test_question
-from turngym.envs.core import TEST_SEED_START, resolve_split
+from turngym.envs.core import TEST_SEED_START, is_test_task, resolve_split
 from turngym.errors import ConfigError
 
 TRAIN, EVAL = range(800), range(TEST_SEED_START, TEST_SEED_START + 200)
@@ -29,7 +28,7 @@ def test_hopqa_evaluation_questions_are_never_training_questions():
     train, test = _ids(env, TRAIN), _ids(env, EVAL)
     assert {s for _, s in train} == {"train"} and {s for _, s in test} == {"test"}
     assert not {q for q, _ in train} & {q for q, _ in test}
-    assert all(is_test_question(q, env.unwrapped.test_fraction) for q, _ in test)
+    assert all(is_test_task(q, env.unwrapped.test_fraction) for q, _ in test)
     assert {env.reset(seed=s)[1]["task"]["hops"] for s in EVAL} == {1, 2}  # both hop counts are held out
     # the old behaviour, kept as split="all", is the leak this guards against
     every = E.make("search/HopQA-v0", topk=1, split="all")
@@ -64,3 +63,13 @@ def test_resolve_split():
     assert resolve_split("auto", TEST_SEED_START) == "test" and resolve_split("all", TEST_SEED_START) == "all"
     with pytest.raises(ConfigError):
         resolve_split("dev", 0)
+
+
+def test_pytask_evaluation_tasks_are_never_training_tasks():
+    env = E.make("code/PyTask-v0", sandbox="subprocess")
+    try:
+        train, test = _ids(env, TRAIN[:400]), _ids(env, EVAL[:100])
+        assert {s for _, s in train} == {"train"} and {s for _, s in test} == {"test"}
+        assert not {q for q, _ in train} & {q for q, _ in test}
+    finally:
+        env.close()

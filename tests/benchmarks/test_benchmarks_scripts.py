@@ -93,6 +93,14 @@ def test_overhead_script_tiny(tmp_path, capsys):
     assert json.loads(out.read_text())["config"]["env"] == "search/HopQA-v0"
 
 
+def test_heldout_overlap_counts_training_tasks_among_evaluation_tasks():
+    heldout = load_script("heldout")
+    before = heldout.overlap("search/HopQA-v0", {"topk": 1, "split": "all"}, 400, 50)
+    after = heldout.overlap("search/HopQA-v0", {"topk": 1}, 400, 50)
+    assert before["eval_seen"] > 25 and after["eval_seen"] == 0
+    assert before["train_distinct"] <= 400 and after["eval_distinct"] <= 50
+
+
 @pytest.mark.slow
 def test_vs_trl_script_tiny(tmp_path, capsys):
     pytest.importorskip("trl")

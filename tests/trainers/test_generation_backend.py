@@ -18,8 +18,11 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 def tiny_cfg(tmp_path, **kw) -> TrainConfig:
-    """Tiny sizes; the overlong length penalty makes outcomes differ inside groups, so every update moves."""
+    """Tiny sizes. Every update moves the policy whatever the rewards: the entropy term has a gradient on every
+    token (the overlong length penalty alone left a group of two equal-length episodes with no advantage, and with
+    LoRA's zero-initialised B nothing moved)."""
     base = {"env_id": "search/HopQA-v0", "model": "tiny", "model_size": "1m", "credit": "grpo", "steps": 2,
+            "entropy_coef": -0.2,
             "tasks_per_step": 2, "group_size": 2, "minibatch_size": 4, "sft_steps": 2, "sft_episodes": 8,
             "eval_tasks": 2, "max_new_tokens": 16, "max_traj_tokens": 160, "overlong_buffer": 150,
             "torch_threads": 1, "device": "cpu", "cache_dir": str(tmp_path / "models"), "run_dir": str(tmp_path / "run"),

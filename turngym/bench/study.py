@@ -24,6 +24,8 @@ run is evaluated once more on the same held-out tasks at T=1 and greedily, keepi
 report gives hierarchical-bootstrap 95% CIs over seeds and tasks and paired differences against GRPO
 (`turngym.bench.study_stats`). A run whose ``result.json`` matches its config is not rerun: the grid is
 resumable and can be run in parts (``--methods``, ``--seeds-for``), and a moved study folder keeps its runs.
+Stopping a grid (Ctrl-C, or SIGTERM to the study) stops its worker processes too (`turngym.bench.workers`);
+the runs in progress are lost, the finished ones kept.
 
 Departures worth knowing: GiGPO runs with ``anchor_source="observation"`` (anchor = the text of the previous
 observation), because the trainers' rollouts do not record the env's pre-step anchor in ``Turn.info["anchor_obs"]``
@@ -389,6 +391,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
 
     from turngym.bench.credit_accuracy import jsonable, machine
     from turngym.bench.sft import sft_checkpoint
+    from turngym.bench.workers import worker_pool
     from turngym.credit import CREDIT
 
     for m in cfg.methods:
@@ -401,10 +404,7 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
     sft_jobs = [(base_config(cfg, env_id), root / slug(env_id)) for env_id in cfg.envs]
     log(f"SFT warm starts (trained once per env, reused when their settings match): {[str(p) for _, p in sft_jobs]}")
     if cfg.jobs > 1 and len(sft_jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(sft_jobs)), mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(min(cfg.jobs, len(sft_jobs))) as pool:
             sft_done = list(pool.map(sft_checkpoint, *zip(*sft_jobs)))
     else:
         sft_done = [sft_checkpoint(t, p, log=log) for t, p in sft_jobs]
@@ -423,10 +423,9 @@ def run(cfg: StudyConfig, log=print) -> dict[str, Any]:
             results.append(run_one(spec))
             _log_result(log, i + 1, len(specs), results[-1])
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(cfg.jobs) as pool:
             futs = [pool.submit(run_one, spec) for spec in specs]
             for i, f in enumerate(as_completed(futs)):
                 results.append(f.result())

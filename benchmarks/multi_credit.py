@@ -30,12 +30,13 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from selfplay import eval_lines, paired_gain, seed_game_bootstrap
+
+from turngym.bench.workers import worker_pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -129,7 +130,7 @@ def plan(study: str, seeds: int, out: Path, common: list[str], rl: list[str], ar
 
 def run_all(jobs: list[tuple], n: int) -> None:
     if n > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(n) as pool:
+        with worker_pool(n) as pool:
             list(pool.map(train_one, *zip(*jobs)))
     else:
         for job in jobs:

@@ -26,11 +26,12 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from turngym.bench.workers import worker_pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         todo += [(preset, s) for s in range(args.seeds) if not finished(run_dir(out, preset, s), steps[preset], overrides)]
     print(f"{len(todo)} run(s) to train, {len(presets) * args.seeds - len(todo)} reused", file=sys.stderr)
     if args.jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with worker_pool(args.jobs) as pool:
             list(pool.map(train_one, *zip(*todo), [str(out)] * len(todo), [overrides] * len(todo)))
     else:
         for preset, s in todo:

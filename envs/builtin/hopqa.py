@@ -3,7 +3,9 @@
 The agent sees a question such as "What is the birthplace of the founder of Zentrix?", searches with
 ``<search> founder of Zentrix </search>`` (one fact per query), reads the returned documents, searches the next
 hop ("birthplace of Mira Tal"), and answers ``<answer> Varton </answer>``. The world (entities, facts, corpus)
-is fixed per env instance by ``world_seed``; each ``reset(seed=...)`` draws a question from it.
+is fixed per env instance by ``world_seed``; each ``reset(seed=...)`` draws a question from it. With ``worlds=N``
+each reset first draws one of N worlds (the same names, other facts), so that facts cannot be remembered across
+episodes: every answer has to be searched for.
 
 Gold data for credit (in ``info["task"]``): ``gold_answer``, ``gold_calls`` (the ideal queries),
 ``decisive_turns`` (the gold turns that resolve a hop, plus the answer turn), ``chain`` (the hops),
@@ -39,13 +41,17 @@ HERMES_INSTRUCTIONS = (
 )
 
 
-@functools.lru_cache(maxsize=16)
+WORLD_CACHE = 256
+"""Worlds (and their indexes) kept per process; a world takes about 30 ms to build again."""
+
+
+@functools.lru_cache(maxsize=WORLD_CACHE)
 def _shared_world(world_seed: int, corpus_size: int, distractors: int) -> World:
     """The generated world of these parameters, built once per process and shared read-only by every env."""
     return generate_world(world_seed, corpus_size=corpus_size, distractors=distractors)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=WORLD_CACHE)
 def _shared_index(world_seed: int, corpus_size: int, distractors: int) -> Any:
     """The in-memory BM25 index of that world's corpus, built once per process (searching it is read-only)."""
     from turngym.tools.search.index import BM25Index
@@ -59,6 +65,11 @@ class HopQAEnv(Env):
     Args:
         hops: Number of hops per question: an int, or a sequence of ints drawn uniformly (1..4).
         world_seed: Seed of the generated world (entities, facts, corpus).
+        worlds: Number of worlds (seeds ``world_seed .. world_seed + worlds - 1``); each reset draws one. The worlds
+            share their name vocabulary and differ in who is related to whom, so with more than one a policy cannot
+            answer from facts it remembers from other episodes (with one world it can: a held-out question's facts
+            are mostly facts of training questions). Only with the built-in search (not ``retriever``,
+            ``retriever_url`` or ``tools``, which serve one corpus).
         corpus_size: Number of entity documents (20..800).
         distractors: Number of distractor documents.
         topk: Documents returned per search.
@@ -89,6 +100,7 @@ class HopQAEnv(Env):
         *,
         hops: int | Sequence[int] = (1, 2),
         world_seed: int = 0,
+        worlds: int = 1,
         corpus_size: int = 120,
         distractors: int = 20,
         topk: int = 3,
@@ -106,10 +118,17 @@ class HopQAEnv(Env):
         self.split = split
         self.test_fraction = check_test_fraction(test_fraction)
         self.world_seed = int(world_seed)
+        self.worlds = int(worlds)
         self.topk = int(topk)
         if self.topk < 1:
             raise ConfigError(f"topk must be >= 1, got {topk}.")
-        self.world: World = _shared_world(self.world_seed, int(corpus_size), int(distractors))
+        if self.worlds < 1:
+            raise ConfigError(f"worlds must be >= 1, got {worlds}.")
+        if self.worlds > 1 and (retriever is not None or retriever_url is not None or tools is not None):
+            raise ConfigError(f"worlds={worlds} needs HopQA's built-in search (each world has its own corpus); "
+                              "retriever=, retriever_url= and tools= serve one corpus. Fix: leave worlds=1.")
+        self._world_args = (int(corpus_size), int(distractors))
+        self.world: World = _shared_world(self.world_seed, *self._world_args)
         if retriever is not None and retriever_url is not None:
             raise ConfigError("Pass either retriever= or retriever_url=, not both.")
         if tools is not None and (retriever is not None or retriever_url is not None):
@@ -120,7 +139,7 @@ class HopQAEnv(Env):
 
             retriever = RetrieverClient(retriever_url)
         if retriever is None:
-            retriever = _shared_index(self.world_seed, int(corpus_size), int(distractors))
+            retriever = _WorldIndex(_shared_index(self.world_seed, *self._world_args))
         self.retriever = retriever
         from turngym.tools.toolset import ToolSet
 
@@ -145,7 +164,14 @@ class HopQAEnv(Env):
 
     # ------------------------------------------------------------------ task
     def _question_id(self, chain: list[Any]) -> str:
-        return f"hopqa/w{self.world_seed}/" + "/".join([chain[0].src] + [hp.relation for hp in chain])
+        return f"hopqa/w{self.world.seed}/" + "/".join([chain[0].src] + [hp.relation for hp in chain])
+
+    def _enter_world(self, rng: np.random.Generator) -> None:
+        """Draw this episode's world (only with ``worlds > 1``: one world leaves the draws as they were)."""
+        if self.worlds > 1:
+            seed = self.world_seed + int(rng.integers(0, self.worlds))
+            self.world = _shared_world(seed, *self._world_args)
+            self.retriever.index = _shared_index(seed, *self._world_args)
 
     def _sample_task(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Task:
         opts = dict(options or {})
@@ -153,6 +179,7 @@ class HopQAEnv(Env):
         split = resolve_split(opts.pop("split", self.split), self.reset_seed)
         if opts:
             raise ConfigError(f"HopQA reset options: unknown keys {sorted(opts)}; known: ['hops', 'split'].")
+        self._enter_world(rng)
         h = hop_choices[int(rng.integers(0, len(hop_choices)))]
         chain = draw_in_split(lambda: self.world.sample_chain(rng, h), self._question_id, split, self.test_fraction)
         gold_calls = [{"name": "search", "arguments": {"query": hop.query}} for hop in chain]
@@ -214,6 +241,16 @@ class HopQAEnv(Env):
         gold = self.task.gold_answer
         pool = [n for n in self.world.of_type(self.world.entities[gold]) if n != gold]
         return pool[int(rng.integers(0, len(pool)))]
+
+
+class _WorldIndex:
+    """The search backend of the current world: the env points ``index`` at another world's index on reset."""
+
+    def __init__(self, index: Any):
+        self.index = index
+
+    def search(self, queries: Any, topk: int) -> Any:
+        return self.index.search(queries, topk)
 
 
 def _check_hops(hops: int | Sequence[int]) -> tuple[int, ...]:

@@ -181,3 +181,29 @@ def test_knob_validation():
     with pytest.raises(ConfigError, match="unknown keys"):
         env.reset(seed=0, options={"hopz": 2})
     assert all(env.reset(seed=s)[1]["task"]["hops"] == 1 for s in range(5))
+
+
+def test_worlds_draw_other_facts_and_the_search_follows_the_episodes_world():
+    one, many = HopQAEnv(topk=1), HopQAEnv(topk=1, worlds=8)
+    # worlds=1 (the default) draws exactly as before
+    assert [one.reset(seed=s)[1]["task"]["id"] for s in range(30)] == \
+        [HopQAEnv(topk=1, worlds=1).reset(seed=s)[1]["task"]["id"] for s in range(30)]
+    rng = np.random.default_rng(0)
+    seen_worlds, answers = set(), {}
+    for s in range(120):
+        info, _ = run_expert(many, s, 0.0, rng)  # the gold queries find the gold documents of this episode's world
+        assert info["success"], s
+        task = info["task"]
+        world = int(task["id"].split("/")[1][1:])
+        assert 0 <= world < 8 and many.world.seed == world
+        seen_worlds.add(world)
+        answers.setdefault(task["question"], set()).add(task["gold_answer"])
+    assert len(seen_worlds) == 8
+    # the same question has other answers in other worlds: remembering a fact does not answer it
+    assert any(len(a) > 1 for a in answers.values())
+    assert [many.reset(seed=s)[1]["task"]["id"] for s in range(10)] == \
+        [HopQAEnv(topk=1, worlds=8).reset(seed=s)[1]["task"]["id"] for s in range(10)]  # a function of the seed
+    with pytest.raises(ConfigError, match="worlds"):
+        HopQAEnv(worlds=0)
+    with pytest.raises(ConfigError, match="built-in search"):
+        HopQAEnv(worlds=4, retriever_url="http://127.0.0.1:1/retrieve")

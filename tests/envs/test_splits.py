@@ -31,6 +31,9 @@ def test_hopqa_evaluation_questions_are_never_training_questions():
     assert all(is_test_task(q, env.unwrapped.test_fraction) for q, _ in test)
     assert {env.reset(seed=s)[1]["task"]["hops"] for s in EVAL} == {1, 2}  # both hop counts are held out
     # the old behaviour, kept as split="all", is the leak this guards against
+    many = E.make("search/HopQA-v0", topk=1, worlds=4)  # and with several worlds
+    train4, test4 = {q for q, _ in _ids(many, TRAIN)}, {q for q, _ in _ids(many, EVAL)}
+    assert not train4 & test4 and len({q.split("/")[1] for q in test4}) == 4
     every = E.make("search/HopQA-v0", topk=1, split="all")
     leaked = {q for q, _ in _ids(every, TRAIN)}
     assert sum(q in leaked for q, _ in _ids(every, EVAL)) > 100

@@ -240,3 +240,30 @@ def test_rollout_benchmark_runs_the_decode_step_beside_the_eager_forward():
         assert r[f"{mode}_step"]["sampled_tokens"] == r[f"{mode}_new"]["sampled_tokens"] > 0
     assert r["decode_vs_new_batched_tok_per_s"] > 0
     assert "decode=step / eager" in rollout.markdown(r)
+
+
+def test_hopqa_failures_sorts_real_expert_episodes(tmp_path, capsys):
+    from turngym.cli import main as cli
+
+    failures = load_script("hopqa_failures")
+    out = tmp_path / "expert.jsonl"
+    assert cli(["rollout", "--policy", "scripted", "--noise", "0", "search/HopQA-v0", "topk=1", "--n", "30",
+                "--out", str(out), "--no-progress"]) == 0
+    trajs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {failures.classify(t) for t in trajs} == {"success"}  # the expert searches every hop, then answers
+    assert all(failures.searches(t) == t["meta"]["hops"] for t in trajs)
+    two = next(t for t in trajs if t["meta"]["hops"] == 2)
+    # the same episode without its second search: answered from memory if right, before the last hop if wrong
+    short = dict(two, turns=[two["turns"][0], two["turns"][-1]])
+    assert failures.classify(short) == "success, last hop not searched"
+    assert failures.classify(dict(short, outcome=0.0, final_answer="Nobody")) == "answered before the last hop"
+    shown = two["turns"][1]["tool_results"][0]["output"]
+    src = two["meta"]["chain"][1]["src"]  # named in the second result (its subject), not the answer
+    assert src in shown
+    assert failures.classify(dict(two, outcome=0.0, final_answer=src)) == "every hop shown, wrong entity of the results"
+    assert failures.classify(dict(two, outcome=0.0, final_answer="Nobody")) == \
+        "every hop shown, a name not in the results"
+    assert failures.classify(dict(two, outcome=0.0, final_answer="")) == "no answer"
+    assert failures.main([str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| success | 1.00 | 1.00 |" in table and "| searches per episode | 1.00 | 2.00 |" in table

@@ -163,7 +163,7 @@ def test_textworld_runs_get_their_env_settings_and_hopqa_keeps_its_own(tmp_path)
     warm = base_config(cfg, "text/TextWorld-v0")  # the warm start plays the env's own turn budget
     assert warm.max_traj_tokens == 1280 and warm.max_turns is None
     hop = run_config(cfg, "search/HopQA-v0", "grpo", 0, tmp_path / "sft")
-    assert hop.env_kwargs == {"topk": 1} and hop.max_traj_tokens == TrainConfig().max_traj_tokens
+    assert hop.env_kwargs == {"topk": 1, "worlds": 64} and hop.max_traj_tokens == TrainConfig().max_traj_tokens
     assert hop.max_turns is None
     # an explicit override of the study's extra settings still wins over the per-env budget
     extra = StudyConfig(out_dir=str(tmp_path), **(MODES["powered"] | {"extra": {"max_traj_tokens": 999}}))

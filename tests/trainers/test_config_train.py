@@ -31,7 +31,7 @@ def test_every_field_has_a_one_line_docstring():
 def test_no_preset_is_the_embedded_default_over_the_dataclass_defaults():
     cfg = resolve_train_config(None, check_names=False)
     assert cfg.env_id == "search/HopQA-v0" and cfg.credit == "grpo" and cfg.algo == "grpo"
-    assert cfg.model == "tiny" and cfg.eval_tasks == 200 and cfg.env_kwargs == {"topk": 1}
+    assert cfg.model == "tiny" and cfg.eval_tasks == 200 and cfg.env_kwargs == {"topk": 1, "worlds": 64}
     assert cfg.pretrain_steps > 0 and cfg.sft_steps > 0 and cfg.eval_temperature == 1.0
     base = TrainConfig()  # the generic defaults every other preset starts from: no env-specific kwargs
     assert base.env_kwargs == {} and base.pretrain_steps == 0

@@ -16,7 +16,7 @@ differently (SLATE samples k candidates at each step of one path) are compared o
 
 Two recipes. ``recipe="study"`` (modes quick/medium/full): the study's own small budget, greedy evaluation, and
 each method's algorithm keys from its preset. ``recipe="main"`` (mode ``powered``): the main job's recipe for every
-method (the default preset: warm start of 400 LM + 100 SFT steps on 1024 expert episodes, entropy penalty,
+method (the default preset: warm start of 2000 LM + 100 SFT steps on 1024 expert episodes, entropy penalty,
 cosine learning-rate decay, 16 tasks x G=8, 50 steps, evaluation sampled at T=1), where a method changes only
 ``credit`` (plus ``algo``/critic keys for PPO methods and SLATE's sampler): the clip range is the same for all.
 The ``zero`` control (every advantage 0) shows what the recipe's entropy penalty does alone. After training, every
@@ -76,9 +76,9 @@ MAIN_RECIPE_KEYS = ("algo", "credit", "sampler", "sampler_options", "signal_over
 #: Extra per-method overrides of the study (see the module docstring).
 STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"gigpo": {"credit_overrides": {"anchor_source": "observation"}}}
 
-#: Env keyword arguments of the study's runs (the main job's HopQA setting: one document per search; TextWorld:
+#: Env keyword arguments of the study's runs (the main job's HopQA setting: one document per search, 64 worlds; TextWorld:
 #: the valid commands listed after every reply, which the tiny policy copies its command from).
-ENV_KWARGS: dict[str, dict[str, Any]] = {"search/HopQA-v0": {"topk": 1},
+ENV_KWARGS: dict[str, dict[str, Any]] = {"search/HopQA-v0": {"topk": 1, "worlds": 64},
                                          "text/TextWorld-v0": {"list_commands": True},
                                          "text/TextWorld-Long-v0": {"list_commands": True}}
 
@@ -108,7 +108,7 @@ MODES: dict[str, dict[str, Any]] = {
     # the main job's recipe (turngym/configs/default.yaml) for every method: sizes below are the preset's
     "powered": {"envs": ("search/HopQA-v0",), "methods": POWERED_METHODS, "seeds": 3,
                 "seeds_for": {"grpo": 5, "a2tgpo": 5}, "recipe": "main", "steps": 50, "tasks_per_step": 16,
-                "group_size": 8, "eval_every": 5, "eval_tasks": 200, "pretrain_steps": 400, "sft_steps": 100,
+                "group_size": 8, "eval_every": 5, "eval_tasks": 200, "pretrain_steps": 2000, "sft_steps": 100,
                 "sft_episodes": 1024, "max_new_tokens": None, "final_eval": True},
 }
 
